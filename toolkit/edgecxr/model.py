@@ -1,0 +1,132 @@
+"""MobileNetV3 transfer-learning model, as in the preprint, in Keras 2 (tf_keras).
+
+Backbone: Keras MobileNetV3 Small or Large without its top, rescaling its own 0..255 input. Head:
+global average pooling, a wide Dense layer, BatchNorm, Dropout, softmax. tf_keras (not Keras 3) is
+used throughout because tensorflow-model-optimization only accepts Keras 2 models.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .config import TrainConfig
+from .errors import ModelFileError, WeightsError, require
+from .spec import ModelSpec
+
+OFFLINE_HINT = "use --weights PATH (a local MobileNetV3 no-top .h5 file) or --weights none (train from scratch)"
+
+
+def _keras():
+    require("tensorflow", "train")
+    return require("tf_keras", "train")
+
+
+def build_backbone(cfg: TrainConfig):
+    """The MobileNetV3 feature extractor, with the weights asked for.
+
+    ImageNet weights are downloaded by Keras on first use; offline, that fails deep inside
+    urllib, so the failure is turned into one line that names the two offline alternatives.
+    """
+    keras = _keras()
+    factory = {"small": keras.applications.MobileNetV3Small, "large": keras.applications.MobileNetV3Large}[
+        cfg.architecture
+    ]
+    kwargs = dict(
+        input_shape=(cfg.image_size, cfg.image_size, 3),
+        alpha=cfg.alpha,
+        minimalistic=cfg.minimalistic,
+        include_top=False,
+        pooling="avg",
+        include_preprocessing=True,
+    )
+    if cfg.weights == "imagenet":
+        try:
+            return factory(weights="imagenet", **kwargs)
+        except ValueError as exc:  # unsupported alpha/minimalistic combination for ImageNet weights
+            raise WeightsError(f"no ImageNet weights for this backbone ({exc}); {OFFLINE_HINT}") from None
+        except Exception as exc:  # noqa: BLE001 - urllib/HTTP/SSL errors vary by platform
+            reason = str(exc).rsplit(" -- ", 1)[-1][:80] or exc.__class__.__name__
+            raise WeightsError(f"could not download ImageNet weights ({reason}); {OFFLINE_HINT}") from None
+    backbone = factory(weights=None, **kwargs)
+    if cfg.weights not in ("none", "", None):
+        path = Path(cfg.weights)
+        if not path.is_file():
+            raise WeightsError(f"weights file not found: {path}; {OFFLINE_HINT}")
+        try:
+            backbone.load_weights(str(path))
+        except Exception as exc:  # noqa: BLE001 - h5py/Keras raise many types for a wrong file
+            raise WeightsError(f"{path}: not weights for this backbone ({exc.__class__.__name__}: {str(exc)[:120]})") from None
+    return backbone
+
+
+def pretrained(cfg: TrainConfig) -> bool:
+    return cfg.weights not in ("none", "", None)
+
+
+def build_model(cfg: TrainConfig):
+    """Backbone + preprint head. Takes float32 (N, S, S, 3) RGB in 0..255, returns class probabilities.
+
+    With pretrained weights the backbone is a frozen feature extractor (run in inference mode so
+    its BatchNorm statistics stay ImageNet's), except its top ``fine_tune`` layers; with
+    ``weights="none"`` a frozen random backbone would be meaningless, so everything trains.
+    """
+    keras = _keras()
+    backbone = build_backbone(cfg)
+    inputs = keras.Input((cfg.image_size, cfg.image_size, 3), name="image")
+    if pretrained(cfg):
+        backbone.trainable = cfg.fine_tune > 0
+        if cfg.fine_tune > 0:
+            for layer in backbone.layers[: max(0, len(backbone.layers) - cfg.fine_tune)]:
+                layer.trainable = False
+        features = backbone(inputs, training=False)
+    else:
+        backbone.trainable = True
+        features = backbone(inputs)
+    x = keras.layers.Dense(cfg.head_width, activation="relu", name="head_dense")(features)
+    x = keras.layers.BatchNormalization(name="head_bn")(x)
+    x = keras.layers.Dropout(cfg.dropout, name="head_dropout")(x)
+    outputs = keras.layers.Dense(len(cfg.class_names), activation="softmax", name="probabilities")(x)
+    return keras.Model(inputs, outputs, name=f"edgecxr_mnv3{cfg.architecture}")
+
+
+def model_spec(cfg: TrainConfig, **overrides) -> ModelSpec:
+    """The deployment facts of a model built from ``cfg``."""
+    from . import __version__
+
+    spec = ModelSpec(
+        class_names=list(cfg.class_names),
+        image_size=cfg.image_size,
+        architecture="MobileNetV3" + cfg.architecture.capitalize(),
+        minimalistic=cfg.minimalistic,
+        alpha=cfg.alpha,
+        version=__version__,
+    )
+    for key, value in overrides.items():
+        setattr(spec, key, value)
+    return spec
+
+
+def load_run_model(run_dir: str | Path, which: str = "best"):
+    """Rebuild a run's model from its config and load its checkpoint: ``(model, config)``.
+
+    Weights-only checkpoints plus the saved config avoid Keras serialisation of custom layers,
+    and rebuilding with ``weights="none"`` never touches the network.
+    """
+    run_dir = Path(run_dir)
+    cfg_path = run_dir / "config.json"
+    ckpt = run_dir / "checkpoints" / f"{which}.weights.h5"
+    if not run_dir.is_dir():
+        raise ModelFileError(f"run directory not found: {run_dir}")
+    if not cfg_path.is_file():
+        raise ModelFileError(f"{run_dir} is not an edgecxr run directory (no config.json)")
+    if not ckpt.is_file():
+        raise ModelFileError(f"{run_dir}: no checkpoint {ckpt.name} (was training interrupted before the first epoch?)")
+    cfg = TrainConfig.load(cfg_path)
+    build_cfg = TrainConfig.from_dict({**cfg.__dict__, "weights": "none"})
+    model = build_model(build_cfg)
+    # Re-apply the frozen/trainable layout of the trained model (it does not change inference).
+    try:
+        model.load_weights(str(ckpt))
+    except Exception as exc:  # noqa: BLE001 - h5py/Keras raise many types for a corrupt file
+        raise ModelFileError(f"{ckpt}: cannot load checkpoint ({exc.__class__.__name__})") from None
+    return model, cfg
