@@ -56,10 +56,90 @@ def data_check(path, as_json):
     report = data_mod.check_data(path)
     click.echo(report.to_json() if as_json else report.to_text())
     if not report.usable:
+        click.echo(f"error: {path}: data set not usable: {'; '.join(report.problems)}", err=True)
         sys.exit(1)
 
 
 # --- train / evaluate (core: edgecxr.train, edgecxr.evaluate) ----------------------------------
+
+
+@main.command()
+@click.argument("data", required=False)
+@click.option("--out", "out", required=True, type=click.Path(), help="Run directory to create (or resume).")
+@click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False), help="A config.json to start from.")
+@click.option("--weights", help="imagenet, none (train from scratch) or a local backbone weights file.")
+@click.option("--epochs", type=int)
+@click.option("--image-size", type=int)
+@click.option("--batch-size", type=int)
+@click.option("--seed", type=int)
+@click.option("--architecture", type=click.Choice(["small", "large"]))
+@click.option("--minimalistic/--standard", default=None, help="MobileNetV3 minimalistic variant (ReLU, no SE).")
+@click.option("--fine-tune", type=int, help="With pretrained weights, unfreeze the top N backbone layers.")
+@click.option("--lr", "learning_rate", type=float)
+@click.option("--extra-data", multiple=True, help="More data merged into the split (e.g. cxr_adult_pneumonia).")
+@click.option("--splits", "splits_file", type=click.Path(exists=True, dir_okay=False), help="Use this splits.csv.")
+@click.option("--strategy", type=click.Choice(["default", "mirrored", "multiworker"]))
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Any other config setting.")
+@click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
+@click.option("--force", is_flag=True, help="Start over in a non-empty --out.")
+@friendly_errors
+def train(data, out, config_file, weights, epochs, image_size, batch_size, seed, architecture, minimalistic,
+          fine_tune, learning_rate, extra_data, splits_file, strategy, overrides, resume, force):
+    """Train a MobileNetV3 classifier on DATA (class folders or a manifest CSV)."""
+    import json
+    from pathlib import Path
+
+    from .config import TrainConfig
+    from .errors import EdgeCXRError
+
+    if config_file:
+        cfg = TrainConfig.load(config_file)
+    elif resume and (Path(out) / "config.json").is_file():
+        cfg = TrainConfig.load(Path(out) / "config.json")
+    else:
+        cfg = TrainConfig()
+    given = dict(data=data, weights=weights, epochs=epochs, image_size=image_size, batch_size=batch_size,
+                 seed=seed, architecture=architecture, minimalistic=minimalistic, fine_tune=fine_tune,
+                 learning_rate=learning_rate, splits_file=splits_file, strategy=strategy,
+                 extra_data=list(extra_data) or None)
+    values = {**cfg.__dict__, **{k: v for k, v in given.items() if v is not None}}
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise EdgeCXRError(f"--set takes KEY=VALUE, not {item!r}")
+        try:
+            values[key] = json.loads(raw)
+        except ValueError:
+            values[key] = raw
+    if values.get("data"):
+        values["data"] = str(Path(values["data"]).resolve()) if Path(values["data"]).exists() else values["data"]
+    cfg = TrainConfig.from_dict(values, source="command line")
+    from .train import train as run_training
+
+    run_training(cfg, out, resume=resume, force=force)
+
+
+@main.command()
+@click.argument("target", type=click.Path())
+@click.option("--data", help="Data to evaluate on (default: the run's own data).")
+@click.option("--split", default="test", show_default=True, help="train, val, test or all.")
+@click.option("--splits", "splits_file", type=click.Path(), help="A splits.csv (default: the run's own).")
+@click.option("--extra-data", multiple=True)
+@click.option("--out", type=click.Path(), help="Where to write metrics.json, report.md and plots.")
+@click.option("--threads", type=int, help="Interpreter threads for a .tflite target.")
+@click.option("--json", "as_json", is_flag=True, help="Print metrics.json instead of the table.")
+@friendly_errors
+def evaluate(target, data, split, splits_file, extra_data, out, threads, as_json):
+    """Accuracy, sensitivity, specificity (95% CIs), AUROC, calibration of a run or a .tflite."""
+    import json
+
+    from . import metrics as metrics_mod
+    from .evaluate import evaluate as run_evaluation
+
+    metrics, out_dir = run_evaluation(target, data=data, split=split, splits_file=splits_file, out=out,
+                                      extra=tuple(extra_data), threads=threads)
+    click.echo(json.dumps(metrics, indent=2) if as_json else metrics_mod.format_metrics(metrics))
+    click.echo(f"wrote {out_dir / 'metrics.json'} and {out_dir / 'report.md'}", err=True)
 
 
 # --- export (edgecxr.export) -------------------------------------------------------------------

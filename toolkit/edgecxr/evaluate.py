@@ -1,0 +1,101 @@
+"""``edgecxr evaluate``: honest metrics for a run directory (Keras) or an exported ``.tflite``.
+
+Both paths feed the same uint8 images (``preprocess.load_image``) and score them with the same
+numpy-only ``metrics.evaluate_predictions``, so a Keras number and a TFLite number can be compared.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from . import data as data_mod
+from . import metrics as metrics_mod
+from .errors import DataError, ModelFileError
+
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _select(records, split: str, splits_file: Path | None):
+    """The records of one split; ``all`` (or no split file) means every record."""
+    if split == "all":
+        return records
+    if splits_file is None or not Path(splits_file).is_file():
+        raise DataError(f"--split {split} needs a splits.csv (pass --splits FILE or --split all)")
+    splits = data_mod.load_splits(splits_file, records)
+    data_mod.check_leakage(records, splits)
+    chosen = [r for r, s in zip(records, splits) if s == split]
+    if not chosen:
+        raise DataError(f"no images in split {split!r} of {splits_file}")
+    return chosen
+
+
+def load_eval_arrays(records, size: int):
+    def skipped(path, message):
+        _log(f"skipped unreadable image: {message}")
+
+    splits = ["eval"] * len(records)
+    return data_mod.load_split_arrays(records, splits, "eval", size, on_error=skipped)
+
+
+def score(records, probs, class_names) -> dict:
+    index = {name: i for i, name in enumerate(class_names)}
+    y = np.array([index.get(r.label, -1) for r in records], dtype=np.int64)
+    return metrics_mod.evaluate_predictions(
+        y, probs, list(class_names),
+        sources=[r.source for r in records], groups=[r.group for r in records],
+        partial_labels=[r.label for r in records],
+    )
+
+
+def evaluate(target: str | Path, data: str | None = None, split: str = "test",
+             splits_file: str | None = None, out: str | Path | None = None,
+             extra: tuple[str, ...] = (), threads: int | None = None) -> tuple[dict, Path]:
+    """Score ``target`` on ``data`` and write metrics.json, report.md and plots; return both."""
+    from . import report
+
+    target = Path(target)
+    if target.is_dir():
+        from .model import load_run_model
+
+        model, cfg = load_run_model(target)
+        own_data = data is None
+        data = data or cfg.data
+        extra = tuple(extra) or (tuple(cfg.extra_data) if own_data else ())
+        if splits_file is None and own_data:
+            splits_file = target / "splits.csv"
+        class_names, size = list(cfg.class_names), cfg.image_size
+
+        def predict(images):
+            return model.predict(images.astype(np.float32), batch_size=64, verbose=0)
+
+        default_out = target / f"eval-{split}"
+    elif target.is_file():
+        from .runtime import Classifier
+
+        if data is None:
+            raise DataError("evaluating a .tflite file needs --data DATA")
+        clf = Classifier(target, num_threads=threads)
+        class_names, size = list(clf.spec.class_names), clf.spec.image_size
+        predict = clf.predict_arrays
+        default_out = target.parent / f"eval-{target.stem}-{split}"
+    else:
+        raise ModelFileError(f"{target}: neither a run directory nor a model file")
+
+    if split != "all" and splits_file is None:
+        _log(f"no splits file given: evaluating every image in {data}")
+        split = "all"
+    records = _select(data_mod.load_records(data, extra), split, Path(splits_file) if splits_file else None)
+    images, kept = load_eval_arrays(records, size)
+    if not kept:
+        raise DataError(f"no readable images to evaluate in {data}")
+    probs = predict(images)
+    metrics = score(kept, probs, class_names)
+    metrics["evaluated"] = {"target": str(target), "data": str(data), "split": split, "images": len(kept)}
+    out_dir = Path(out) if out else default_out
+    report.write_evaluation(metrics, out_dir, title=f"{target.name} on {Path(data).name} ({split})")
+    return metrics, out_dir

@@ -1,0 +1,393 @@
+"""``edgecxr train``: fit the model on a patient-level split and keep everything in one run directory.
+
+The run directory holds config.json, splits.csv, history.csv, checkpoints (best and last, written
+atomically each epoch), plots, model_spec.json and the validation metrics. Images are decoded once
+with the same ``preprocess.load_image`` the runtime uses and kept in memory; augmentation and class
+balancing happen in a ``tf.data`` pipeline on the training split only.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from . import data as data_mod
+from . import metrics as metrics_mod
+from .config import TrainConfig
+from .errors import DataError, EdgeCXRError, require
+from .io import atomic_temp_path, atomic_write_text
+
+
+@dataclass
+class SplitArrays:
+    """One split held in memory: uint8 images, soft targets, and the records they came from."""
+
+    images: np.ndarray
+    targets: np.ndarray
+    records: list
+    class_names: list
+
+    @property
+    def labels(self) -> np.ndarray:
+        """Hard labels; -1 for partial-label images (e.g. pneumonia without subtype)."""
+        index = {name: i for i, name in enumerate(self.class_names)}
+        return np.array([index.get(r.label, -1) for r in self.records], dtype=np.int64)
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def prepare_splits(cfg: TrainConfig, run_dir: Path):
+    """Load the records, make (or read) a patient-level split, refuse leakage, save splits.csv."""
+    records = data_mod.load_records(cfg.data, cfg.extra_data)
+    if cfg.splits_file:
+        splits = data_mod.load_splits(cfg.splits_file, records)
+    elif (run_dir / "splits.csv").is_file():
+        splits = data_mod.load_splits(run_dir / "splits.csv", records)
+    else:
+        splits = data_mod.split_by_patient(records, cfg.val_fraction, cfg.test_fraction, cfg.seed)
+    data_mod.check_leakage(records, splits)
+    data_mod.save_splits(run_dir / "splits.csv", records, splits)
+    return records, splits
+
+
+def load_split(records, splits, which: str, cfg: TrainConfig) -> SplitArrays:
+    def skipped(path, message):
+        log(f"skipped unreadable image: {message}")
+
+    images, kept = data_mod.load_split_arrays(records, splits, which, cfg.image_size, on_error=skipped)
+    targets = np.stack([data_mod.target_vector(r.label, cfg.class_names) for r in kept]) if kept else (
+        np.zeros((0, len(cfg.class_names)), np.float32)
+    )
+    return SplitArrays(images, targets.astype(np.float32), kept, list(cfg.class_names))
+
+
+def epoch_indices(train: SplitArrays, cfg: TrainConfig, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+    """The training order for one epoch and a per-sample weight.
+
+    ``oversample`` draws every fully-labelled class up to the size of the largest one (with
+    replacement, reshuffled each epoch with a seed derived from the epoch, so a resumed run sees
+    the same sequence); partial-label images are kept once each. ``class_weight`` weights the
+    loss instead, inversely to class frequency.
+    """
+    rng = np.random.default_rng([cfg.seed, epoch])
+    labels = train.labels
+    weights = np.ones(len(labels), np.float32)
+    if cfg.balance == "oversample":
+        classes = [c for c in range(len(cfg.class_names)) if np.any(labels == c)]
+        largest = max(int(np.sum(labels == c)) for c in classes)
+        parts = [np.flatnonzero(labels < 0)]
+        for c in classes:
+            members = np.flatnonzero(labels == c)
+            extra = rng.choice(members, largest - len(members), replace=True) if largest > len(members) else []
+            parts.append(np.concatenate([members, np.asarray(extra, dtype=np.int64)]))
+        order = np.concatenate(parts).astype(np.int64)
+    else:
+        order = np.arange(len(labels))
+        if cfg.balance == "class_weight":
+            counts = np.bincount(labels[labels >= 0], minlength=len(cfg.class_names)).astype(np.float64)
+            present = counts > 0
+            per_class = np.where(present, counts.sum() / np.maximum(counts, 1) / present.sum(), 0.0)
+            weights = np.where(labels >= 0, per_class[np.maximum(labels, 0)], 1.0).astype(np.float32)
+    rng.shuffle(order)
+    return order, weights
+
+
+def augmenter(cfg: TrainConfig, tf, keras):
+    """Training-only augmentation: flips, small rotations, zoom/shift, brightness and contrast.
+
+    Geometric transforms fill with black (the edge of a film), intensity jitter is applied in 0..255
+    so the model's own rescaling still sees the range it expects.
+    """
+    layers = []
+    if cfg.flip:
+        layers.append(keras.layers.RandomFlip("horizontal", seed=cfg.seed))
+    if cfg.rotation_deg > 0:
+        layers.append(keras.layers.RandomRotation(cfg.rotation_deg / 360.0, fill_mode="constant", seed=cfg.seed + 1))
+    if cfg.zoom > 0:
+        layers.append(keras.layers.RandomZoom(cfg.zoom, fill_mode="constant", seed=cfg.seed + 2))
+    if cfg.shift > 0:
+        layers.append(keras.layers.RandomTranslation(cfg.shift, cfg.shift, fill_mode="constant", seed=cfg.seed + 3))
+    geometric = keras.Sequential(layers) if layers else None
+
+    def apply(images):
+        x = tf.cast(images, tf.float32)
+        if geometric is not None:
+            x = geometric(x, training=True)
+        batch = tf.shape(x)[0]
+        if cfg.brightness > 0:
+            x = x + tf.random.uniform([batch, 1, 1, 1], -cfg.brightness, cfg.brightness) * 255.0
+        if cfg.contrast > 0:
+            factor = tf.random.uniform([batch, 1, 1, 1], 1 - cfg.contrast, 1 + cfg.contrast)
+            mean = tf.reduce_mean(x, axis=[1, 2, 3], keepdims=True)
+            x = (x - mean) * factor + mean
+        return tf.clip_by_value(x, 0.0, 255.0)
+
+    return apply
+
+
+def make_dataset(train: SplitArrays, cfg: TrainConfig, first_epoch: int, tf, keras, global_batch: int):
+    """A tf.data pipeline over all remaining epochs, with a fixed number of steps per epoch."""
+    orders, weights = [], None
+    for epoch in range(first_epoch, cfg.epochs):
+        order, weights = epoch_indices(train, cfg, epoch)
+        orders.append(order)
+    steps = math.ceil(len(orders[0]) / global_batch)
+    # pad each epoch to whole batches so every epoch is exactly `steps` batches
+    orders = [np.resize(o, steps * global_batch) for o in orders]
+    index = np.concatenate(orders)
+    images = tf.constant(train.images)
+    targets = tf.constant(train.targets)
+    sample_weights = tf.constant(weights)
+    augment = augmenter(cfg, tf, keras) if cfg.augment else None
+
+    def gather(idx):
+        x = tf.gather(images, idx)
+        if augment is not None:
+            x = augment(x)
+        else:
+            x = tf.cast(x, tf.float32)
+        return x, tf.gather(targets, idx), tf.gather(sample_weights, idx)
+
+    ds = tf.data.Dataset.from_tensor_slices(index).batch(global_batch, drop_remainder=True)
+    ds = ds.map(gather, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+    return ds, steps
+
+
+def strategy_for(cfg: TrainConfig, tf):
+    if cfg.strategy == "mirrored":
+        return tf.distribute.MirroredStrategy(tf.config.list_logical_devices("CPU") + tf.config.list_logical_devices("GPU"))
+    if cfg.strategy == "multiworker":
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    return tf.distribute.get_strategy()
+
+
+def learning_rate(cfg: TrainConfig, steps_per_epoch: int, keras):
+    if cfg.lr_schedule == "constant":
+        return cfg.learning_rate
+    warmup = cfg.warmup_epochs * steps_per_epoch
+    return keras.optimizers.schedules.CosineDecay(
+        initial_learning_rate=cfg.learning_rate if warmup == 0 else cfg.learning_rate * 0.1,
+        decay_steps=max(1, cfg.epochs * steps_per_epoch - warmup),
+        alpha=0.01,
+        warmup_target=cfg.learning_rate if warmup else None,
+        warmup_steps=warmup,
+    )
+
+
+class Checkpointer:
+    """Evaluate on the validation split after each epoch and write last/best weights atomically.
+
+    Keras' own validation only reports loss and accuracy on hard labels; the best checkpoint is
+    chosen on our metrics (e.g. macro sensitivity) computed with the same code as ``evaluate``.
+    The state file makes ``--resume`` continue at the right epoch with the right best value.
+    """
+
+    def __init__(self, keras, run_dir: Path, val: SplitArrays, cfg: TrainConfig, best: float | None):
+        self.keras, self.run_dir, self.val, self.cfg, self.best = keras, run_dir, val, cfg, best
+        self.ckpt_dir = run_dir / "checkpoints"
+        self.ckpt_dir.mkdir(parents=True, exist_ok=True)
+
+    def _save(self, model, name: str) -> None:
+        tmp = atomic_temp_path(self.ckpt_dir / name)
+        model.save_weights(str(tmp))
+        os.replace(tmp, self.ckpt_dir / name)
+
+    def callback(self, model):
+        keras, outer = self.keras, self
+
+        class _CB(keras.callbacks.Callback):
+            def on_epoch_end(self, epoch, logs=None):
+                logs = logs if logs is not None else {}
+                logs.update(outer.validate(model))
+                outer._save(model, "last.weights.h5")
+                value = logs.get(outer.cfg.monitor)
+                improved = value is not None and (outer.best is None or value > outer.best)
+                if improved:
+                    outer.best = value
+                    outer._save(model, "best.weights.h5")
+                state = {"epoch": epoch + 1, "best": outer.best, "monitor": outer.cfg.monitor}
+                atomic_write_text(outer.ckpt_dir / "state.json", json.dumps(state) + "\n")
+                if improved:
+                    logs["best"] = 1.0
+
+        return _CB()
+
+    def validate(self, model) -> dict:
+        if len(self.val.images) == 0:
+            return {}
+        probs = model.predict(self.val.images.astype(np.float32), batch_size=64, verbose=0)
+        eps = 1e-7
+        loss = float(-np.mean(np.sum(self.val.targets * np.log(np.clip(probs, eps, 1.0)), axis=1)))
+        m = metrics_mod.evaluate_predictions(self.val.labels, probs, self.cfg.class_names)
+        out = {"val_loss": loss, "val_accuracy": m["accuracy"]["value"]}
+        macro = m.get("macro", {}).get("sensitivity")
+        if macro is not None:
+            out["val_macro_sensitivity"] = macro
+        covid = m.get("covid_vs_rest", {}).get("sensitivity", {})
+        if isinstance(covid, dict) and covid.get("value") is not None:
+            out["val_covid_sensitivity"] = covid["value"]
+        return out
+
+
+def configure_tensorflow(cfg: TrainConfig):
+    tf = require("tensorflow", "train")
+    keras = require("tf_keras", "train")
+    if cfg.num_threads:
+        tf.config.threading.set_intra_op_parallelism_threads(cfg.num_threads)
+    keras.utils.set_random_seed(cfg.seed)
+    return tf, keras
+
+
+def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False, force: bool = False) -> Path:
+    """Train a model and return its run directory."""
+    from . import model as model_mod
+    from . import report
+
+    run_dir = Path(out_dir)
+    state_path = run_dir / "checkpoints" / "state.json"
+    if resume:
+        if not (run_dir / "config.json").is_file():
+            raise EdgeCXRError(f"--resume: {run_dir} has no config.json to resume from")
+        cfg = TrainConfig.load(run_dir / "config.json") if not cfg.data else cfg
+    elif run_dir.exists() and any(run_dir.iterdir()) and not force:
+        raise EdgeCXRError(f"{run_dir} already holds a run; use --resume to continue it or --force to start over")
+    cfg.validate()
+    if not cfg.data:
+        raise DataError("no data given: pass a folder with class sub-folders or a manifest CSV")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    tf, keras = configure_tensorflow(cfg)
+
+    records, splits = prepare_splits(cfg, run_dir)
+    cfg.save(run_dir / "config.json")
+    t0 = time.time()
+    train_arr = load_split(records, splits, "train", cfg)
+    val_arr = load_split(records, splits, "val", cfg)
+    if len(train_arr.images) == 0:
+        raise DataError("the training split has no readable images")
+    log(f"loaded {len(train_arr.images)} train / {len(val_arr.images)} val images "
+        f"at {cfg.image_size}px in {time.time() - t0:.1f}s")
+
+    first_epoch, best = 0, None
+    if resume and state_path.is_file():
+        state = json.loads(state_path.read_text())
+        first_epoch, best = int(state["epoch"]), state.get("best")
+        if first_epoch >= cfg.epochs:
+            log(f"run already finished {first_epoch} of {cfg.epochs} epochs; raise --epochs to train more")
+
+    strategy = strategy_for(cfg, tf)
+    global_batch = cfg.batch_size * strategy.num_replicas_in_sync
+    with strategy.scope():
+        model = model_mod.build_model(cfg)
+        if first_epoch > 0:
+            model.load_weights(str(run_dir / "checkpoints" / "last.weights.h5"))
+        epochs_left = cfg.epochs - first_epoch
+        if epochs_left > 0:
+            dataset, steps = make_dataset(train_arr, cfg, first_epoch, tf, keras, global_batch)
+        else:
+            dataset, steps = None, 1
+        lr = learning_rate(cfg, steps, keras)
+        optimizer = (keras.optimizers.AdamW(lr, weight_decay=cfg.weight_decay) if cfg.weight_decay
+                     else keras.optimizers.Adam(lr))
+        model.compile(
+            optimizer=optimizer,
+            loss=keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing),
+            metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
+        )
+        if first_epoch > 0:
+            optimizer.iterations.assign(first_epoch * steps)
+
+    checkpointer = Checkpointer(keras, run_dir, val_arr, cfg, best)
+    callbacks = [
+        checkpointer.callback(model),
+        EpochTimer(keras),
+        keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=first_epoch > 0),
+    ]
+    if cfg.early_stopping:
+        callbacks.append(keras.callbacks.EarlyStopping(monitor=cfg.monitor, mode="max", patience=cfg.early_stopping))
+    fit_start = time.time()
+    interrupted = False
+    if dataset is not None:
+        try:
+            model.fit(dataset, epochs=cfg.epochs, initial_epoch=first_epoch, steps_per_epoch=steps,
+                      callbacks=callbacks, verbose=1 if sys.stdout.isatty() else 2)
+        except KeyboardInterrupt:
+            interrupted = True
+            log(f"interrupted: the last finished epoch is saved in {run_dir / 'checkpoints'}; "
+                f"continue with: edgecxr train --resume --out {run_dir}")
+    fit_seconds = time.time() - fit_start
+
+    if not (run_dir / "checkpoints" / "best.weights.h5").is_file():
+        raise EdgeCXRError("training stopped before the first epoch finished; nothing was saved")
+    atomic_write_text(run_dir / "model_spec.json", model_mod.model_spec(cfg).to_json() + "\n")
+    report.plot_history(run_dir / "history.csv", run_dir / "plots")
+    summary = finish(run_dir, cfg, val_arr, keras, train_images=len(train_arr.images),
+                     fit_seconds=fit_seconds, steps=steps, global_batch=global_batch,
+                     epochs_run=_epochs_in_history(run_dir / "history.csv") - first_epoch)
+    if interrupted:
+        raise KeyboardInterrupt
+    log(summary)
+    return run_dir
+
+
+class EpochTimer:
+    """Adds seconds per epoch and training images/s to the logs (and so to history.csv)."""
+
+    def __new__(cls, keras):
+        class _Timer(keras.callbacks.Callback):
+            def on_epoch_begin(self, epoch, logs=None):
+                self.t0 = time.time()
+
+            def on_epoch_end(self, epoch, logs=None):
+                if logs is not None:
+                    logs["epoch_seconds"] = time.time() - self.t0
+
+        return _Timer()
+
+
+def _epochs_in_history(path: Path) -> int:
+    if not path.is_file():
+        return 0
+    with path.open() as fh:
+        return sum(1 for _ in csv.DictReader(fh))
+
+
+def finish(run_dir: Path, cfg: TrainConfig, val: SplitArrays, keras, train_images: int,
+           fit_seconds: float, steps: int, global_batch: int, epochs_run: int) -> str:
+    """Evaluate the best checkpoint on the validation split and write metrics, report and summary."""
+    from . import model as model_mod
+    from . import report
+
+    model, _ = model_mod.load_run_model(run_dir, "best")
+    probs = model.predict(val.images.astype(np.float32), batch_size=64, verbose=0) if len(val.images) else (
+        np.zeros((0, len(cfg.class_names)), np.float32)
+    )
+    metrics = metrics_mod.evaluate_predictions(
+        val.labels, probs, cfg.class_names,
+        sources=[r.source for r in val.records], groups=[r.group for r in val.records],
+        partial_labels=[r.label for r in val.records],
+    )
+    per_epoch = fit_seconds / epochs_run if epochs_run > 0 else float("nan")
+    metrics["training"] = {
+        "epochs_run": epochs_run,
+        "seconds": round(fit_seconds, 1),
+        "seconds_per_epoch": round(per_epoch, 2) if epochs_run else None,
+        "train_images_per_second": round(steps * global_batch / per_epoch, 1) if epochs_run else None,
+        "train_images": train_images,
+        "split": "val",
+    }
+    report.write_evaluation(metrics, run_dir, title=f"{run_dir.name}: validation split")
+    acc = metrics["accuracy"]
+    lo, hi = acc.get("ci", [None, None])
+    ci = f" (95% CI {lo:.1%}-{hi:.1%})" if lo is not None else ""
+    return (f"done: {run_dir} | val accuracy {acc['value']:.1%}{ci} on {len(val.images)} images | "
+            f"{epochs_run} epochs, {per_epoch:.1f}s/epoch | next: edgecxr export {run_dir} --quantize int8")
