@@ -8,6 +8,7 @@ trained on. Only numpy and Pillow are imported here.
 from __future__ import annotations
 
 import io
+import struct
 from pathlib import Path
 from typing import BinaryIO, Union
 
@@ -20,6 +21,9 @@ Source = Union[str, Path, bytes, BinaryIO, Image.Image]
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".gif", ".webp", ".pgm", ".ppm")
 
+# What Pillow raises for damaged files; DecompressionBombError (a huge pixel count) is not an OSError.
+_DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, struct.error, Image.DecompressionBombError)
+
 
 def _open(source: Source) -> Image.Image:
     if isinstance(source, Image.Image):
@@ -31,7 +35,7 @@ def _open(source: Source) -> Image.Image:
         return img
     except FileNotFoundError:
         raise ImageError(f"{source}: file not found") from None
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
+    except (UnidentifiedImageError, *_DECODE_ERRORS) as exc:
         raise ImageError(f"{_name(source)}: not a readable image ({exc.__class__.__name__})") from None
 
 
@@ -46,7 +50,7 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     because their bit depth is rarely the full 16 bits; alpha is composited onto black, which is
     what an X-ray viewer shows behind a transparent border.
     """
-    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+    if img.mode.startswith("I;16") or img.mode in ("I", "F"):
         arr = np.asarray(img, dtype=np.float32)
         lo, hi = float(arr.min()), float(arr.max())
         scale = 255.0 / (hi - lo) if hi > lo else 0.0
@@ -68,7 +72,7 @@ def load_image(source: Source, size: int) -> np.ndarray:
     Large JPEGs are decoded with Pillow's draft mode, which lets libjpeg scale by 1/2..1/8 while
     decoding, so a 3000 px film does not dominate the time of a 1 ms inference.
     """
-    img = _open(source)
+    opened = img = _open(source)
     try:
         if img.format == "JPEG" and min(img.size) >= 2 * size:
             img.draft("RGB" if img.mode == "RGB" else img.mode, (size, size))
@@ -79,8 +83,11 @@ def load_image(source: Source, size: int) -> np.ndarray:
         arr = np.asarray(img, dtype=np.uint8)
     except ImageError:
         raise
-    except (OSError, ValueError, SyntaxError) as exc:
+    except _DECODE_ERRORS as exc:
         raise ImageError(f"{_name(source)}: damaged or truncated image ({exc})") from None
+    finally:
+        if isinstance(source, (str, Path, bytes, bytearray)):  # we opened it, so we close it
+            opened.close()
     if arr.shape != (size, size, 3):
         raise ImageError(f"{_name(source)}: decoded to unexpected shape {arr.shape}")
     return arr

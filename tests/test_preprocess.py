@@ -1,0 +1,157 @@
+"""preprocess.load_image on the image modes real collections contain, and on broken files.
+
+The writers below make one odd file each; test_data.py reuses them to build a messy data set.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from edgecxr.errors import ImageError
+from edgecxr.preprocess import load_image, load_images
+
+EXIF_ORIENTATION = 0x0112
+
+
+def write_16bit_png(path: Path) -> Path:
+    """A 16-bit grayscale PNG whose values only span 1000..3000 (as DICOM exports often do),
+    brightening from left to right."""
+    ramp = np.linspace(1000, 3000, 48, dtype=np.float64)
+    Image.fromarray(np.tile(ramp, (24, 1)).astype(np.uint16)).save(path)
+    return path
+
+
+def write_rgba_png(path: Path) -> Path:
+    """Left half opaque red, right half fully transparent white."""
+    rgba = np.zeros((32, 32, 4), np.uint8)
+    rgba[:, :16] = (255, 0, 0, 255)
+    rgba[:, 16:] = (255, 255, 255, 0)
+    Image.fromarray(rgba, "RGBA").save(path)
+    return path
+
+
+def write_palette_png(path: Path) -> Path:
+    """A palette image: top half palette entry 0 (green), bottom half entry 1 (blue)."""
+    img = Image.new("P", (32, 32), 0)
+    img.putpalette([0, 200, 0, 0, 0, 220] + [0] * (256 * 3 - 6))
+    img.paste(1, (0, 16, 32, 32))
+    img.save(path)
+    return path
+
+
+def write_exif_rotated_jpeg(path: Path, width: int = 80, height: int = 40) -> Path:
+    """Stored landscape with the left half white, EXIF orientation 6 (turn 90 degrees clockwise
+    to view): shown upright, the white half is on top."""
+    arr = np.zeros((height, width), np.uint8)
+    arr[:, : width // 2] = 255
+    exif = Image.Exif()
+    exif[EXIF_ORIENTATION] = 6
+    Image.fromarray(arr).save(path, exif=exif.tobytes(), quality=95)
+    return path
+
+
+def jpeg_bytes(size: int = 96, seed: int = 0) -> bytes:
+    noise = np.random.default_rng(seed).integers(0, 255, (size, size), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(noise).save(buf, "JPEG", quality=90)
+    return buf.getvalue()
+
+
+def write_truncated_jpeg(path: Path) -> Path:
+    data = jpeg_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    return path
+
+
+def write_text_as_jpeg(path: Path) -> Path:
+    path.write_text("this is not an image\n")
+    return path
+
+
+def write_empty(path: Path) -> Path:
+    path.write_bytes(b"")
+    return path
+
+
+def test_16bit_png_is_stretched_over_its_own_range(tmp_path):
+    with Image.open(write_16bit_png(tmp_path / "a.png")) as img:
+        assert img.mode.startswith("I")
+    arr = load_image(tmp_path / "a.png", 32)
+    assert arr.shape == (32, 32, 3) and arr.dtype == np.uint8
+    # 1000..3000 mapped to the full 8-bit range (a plain convert would clip it all to white);
+    # resizing 48 -> 32 px blends the extreme columns a little
+    assert arr.min() < 10 and arr.max() > 245
+    row = arr[10, :, 0].astype(int)
+    assert np.all(np.diff(row) >= 0)  # the ramp still brightens left to right
+    assert np.array_equal(arr[..., 0], arr[..., 2])  # gray stays gray
+
+
+def test_rgba_transparent_part_becomes_black(tmp_path):
+    arr = load_image(write_rgba_png(tmp_path / "a.png"), 32)
+    assert arr[16, 4].tolist() == [255, 0, 0]
+    assert arr[16, 28].tolist() == [0, 0, 0]
+
+
+def test_palette_png_keeps_its_colours(tmp_path):
+    arr = load_image(write_palette_png(tmp_path / "p.png"), 32)
+    assert arr[4, 16].tolist() == [0, 200, 0]
+    assert arr[28, 16].tolist() == [0, 0, 220]
+
+
+@pytest.mark.parametrize("stored, size", [((80, 40), 16), ((400, 200), 32)])  # 2nd uses JPEG draft
+def test_exif_rotation_is_applied(tmp_path, stored, size):
+    arr = load_image(write_exif_rotated_jpeg(tmp_path / "r.jpg", *stored), size)[..., 0].astype(float)
+    half = size // 2
+    assert arr[:half].mean() > 200 and arr[half:].mean() < 50  # white on top after rotation
+    assert abs(arr[:, :half].mean() - arr[:, half:].mean()) < 10  # not left/right any more
+
+
+def test_grayscale_and_bytes_sources_give_rgb(tmp_path):
+    arr = load_image(jpeg_bytes(), 48)
+    assert arr.shape == (48, 48, 3)
+    assert np.array_equal(arr[..., 0], arr[..., 1])
+
+
+@pytest.mark.parametrize(
+    "writer, message",
+    [
+        (write_truncated_jpeg, "truncated"),
+        (write_text_as_jpeg, "not a readable image"),
+        (write_empty, "not a readable image"),
+    ],
+)
+def test_broken_files_raise_one_line_image_error(tmp_path, writer, message):
+    path = writer(tmp_path / "broken file.jpg")
+    with pytest.raises(ImageError, match=message) as info:
+        load_image(path, 32)
+    assert "broken file.jpg" in str(info.value) and "\n" not in str(info.value)
+
+
+def test_missing_file_and_folder_raise_image_error(tmp_path):
+    with pytest.raises(ImageError, match="file not found"):
+        load_image(tmp_path / "nope.png", 32)
+    with pytest.raises(ImageError):
+        load_image(tmp_path, 32)
+
+
+def test_caller_file_object_is_left_open(tmp_path):
+    path = write_palette_png(tmp_path / "p.png")
+    with path.open("rb") as fh:
+        load_image(fh, 16)
+        assert not fh.closed
+        fh.seek(0)
+        assert load_image(fh, 8).shape == (8, 8, 3)
+
+
+def test_load_images_skips_and_reports_unreadable(tmp_path):
+    good = write_palette_png(tmp_path / "good.png")
+    bad = write_truncated_jpeg(tmp_path / "bad.jpg")
+    errors = []
+    arrays, ok = load_images([bad, good, tmp_path / "gone.png"], 16, on_error=lambda p, m: errors.append(p))
+    assert arrays.shape == (1, 16, 16, 3) and ok == [1]
+    assert errors == [bad, tmp_path / "gone.png"]
