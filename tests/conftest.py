@@ -35,3 +35,92 @@ def synthetic_manifest(tmp_path):
     from synthetic import make_dataset
 
     return make_dataset(tmp_path / "manifest data", per_class=12, size=64, layout="manifest")
+
+
+@pytest.fixture(scope="session")
+def tiny_tflite(tmp_path_factory):
+    """A tiny trained classifier exported three ways (float32, int8 with uint8 I/O, int8 with int8 I/O).
+
+    Built once per session (a few seconds): 32 px RGB input 0..255 with a Rescaling layer, three
+    strided convolutions, global average pooling and a 4-way softmax, fitted briefly on synthetic
+    images so its outputs are far from uniform. Each file carries an embedded edgecxr spec and sits
+    in a directory whose name has a space in it. Returns paths, the bare flatbuffers, the Keras
+    model and its training images.
+    """
+    from types import SimpleNamespace
+
+    import numpy as np
+    import tensorflow as tf
+    import tf_keras as keras
+    from synthetic import CLASSES, synthetic_image
+
+    from edgecxr.spec import ModelSpec, embed_spec
+
+    size = 32
+    rng = np.random.default_rng(0)
+    labels = np.arange(64) % len(CLASSES)
+    gray = [synthetic_image(CLASSES[i], rng, size) for i in labels]
+    images = np.stack([np.repeat(g[..., None], 3, axis=-1) for g in gray])  # uint8 (64, 32, 32, 3)
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((size, size, 3), dtype="float32")
+    x = keras.layers.Rescaling(1.0 / 255)(inputs)
+    for filters in (8, 16, 16):
+        x = keras.layers.Conv2D(filters, 3, strides=2, padding="same", activation="relu")(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    outputs = keras.layers.Dense(len(CLASSES), activation="softmax")(x)
+    model = keras.Model(inputs, outputs)
+    model.compile(keras.optimizers.Adam(1e-2), "sparse_categorical_crossentropy")
+    model.fit(images.astype("float32"), labels, epochs=30, batch_size=16, verbose=0)
+
+    # Converting a concrete function skips the SavedModel round trip of from_keras_model (~1 s each).
+    serve = tf.function(lambda x: model(x, training=False))
+    concrete = serve.get_concrete_function(tf.TensorSpec([None, size, size, 3], tf.float32))
+
+    def convert(io_type):
+        import warnings
+
+        converter = tf.lite.TFLiteConverter.from_concrete_functions([concrete], model)
+        if io_type is not None:
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
+            converter.representative_dataset = lambda: (
+                [images[i : i + 1].astype("float32")] for i in range(len(images))
+            )
+            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+            converter.inference_input_type = io_type
+            converter.inference_output_type = io_type
+        with warnings.catch_warnings():
+            # TFLite asks for input statistics even though the representative data supplies them.
+            warnings.filterwarnings("ignore", "Statistics for quantized inputs", UserWarning)
+            return converter.convert()
+
+    root = tmp_path_factory.mktemp("tiny") / "tiny models"
+    root.mkdir()
+    paths, flatbuffers = {}, {}
+    for name, io_type, quant in (
+        ("float32", None, "none"),
+        ("uint8", tf.uint8, "int8"),
+        ("int8", tf.int8, "int8"),
+    ):
+        spec = ModelSpec(
+            class_names=list(CLASSES),
+            image_size=size,
+            architecture="tiny-test-cnn",
+            quantization=quant,
+            io_dtype=name,
+            name=f"tiny {name}",
+        )
+        paths[name] = root / f"tiny {name}.tflite"
+        flatbuffers[name] = convert(io_type)
+        paths[name].write_bytes(embed_spec(flatbuffers[name], spec))
+    return SimpleNamespace(
+        dir=root,
+        float32=paths["float32"],
+        uint8=paths["uint8"],
+        int8=paths["int8"],
+        flatbuffers=flatbuffers,  # the bare converter output, without the embedded spec
+        keras_model=model,
+        images=images,
+        labels=labels,
+        image_size=size,
+    )

@@ -148,6 +148,127 @@ def evaluate(target, data, split, splits_file, extra_data, out, threads, as_json
 # --- predict / bench (edgecxr.runtime, edgecxr.bench) ------------------------------------------
 
 
+@main.command()
+@click.argument("images", nargs=-1, required=True, type=click.Path())
+@click.option("--model", "model_path", type=click.Path(dir_okay=False),
+              help="A .tflite model (default: $EDGECXR_MODEL, else the shipped models/edgecxr_int8.tflite).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line and image (JSON Lines).")
+@click.option("--threads", type=click.IntRange(min=1), help="Interpreter threads (default: the interpreter's).")
+@friendly_errors
+def predict(images, model_path, as_json, threads):
+    """Classify chest X-ray IMAGES (files, or folders of images) with a .tflite model.
+
+    Prints the label and every class probability; unreadable files get one line on stderr and the
+    rest still run (exit code 1 at the end if any failed). Research use only: not a diagnosis.
+    """
+    import json
+
+    from .errors import ImageError
+    from .runtime import Classifier, expand_images
+
+    clf = Classifier(model_path, num_threads=threads)
+    click.echo(f"model {clf.describe()}", err=True)
+    files, problems = expand_images(images)
+    for message in problems:
+        click.echo(f"error: {message}", err=True)
+    failed = len(problems)
+    for file in files:
+        try:
+            prediction = clf.predict(file)
+        except ImageError as exc:
+            click.echo(f"error: {exc}", err=True)
+            failed += 1
+            continue
+        click.echo(json.dumps(prediction.to_dict()) if as_json else prediction.to_text())
+    if failed:
+        click.echo(f"{failed} of {len(files) + len(problems)} inputs failed", err=True)
+        sys.exit(1)
+
+
+def _thread_counts(ctx, param, value):
+    try:
+        counts = tuple(int(v) for v in value.split(",") if v.strip())
+    except ValueError:
+        counts = ()
+    if not counts or min(counts) < 1:
+        raise click.BadParameter(f"expected positive thread counts like 1,2,4, not {value!r}")
+    return counts
+
+
+def _command_line(ctx) -> str:
+    """The command as typed, rebuilt from what came from the command line (for the report header)."""
+    import shlex
+
+    parts = ["edgecxr", *ctx.command_path.split()[1:], *ctx.params.get("models", ())]
+    for param in ctx.command.params:
+        if not isinstance(param, click.Option) or param.name == "models":
+            continue
+        if ctx.get_parameter_source(param.name) != click.core.ParameterSource.COMMANDLINE:
+            continue
+        value = ctx.params[param.name]
+        if param.is_flag:  # --json/--csv/--md share one name; keep the one that was chosen
+            if value == param.flag_value:
+                parts.append(param.opts[0])
+        elif param.multiple:
+            for v in value:
+                parts += [param.opts[0], str(v)]
+        else:
+            raw = ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
+            parts += [param.opts[0], raw]
+    return shlex.join(parts)
+
+
+@main.command()
+@click.argument("models", nargs=-1, type=click.Path(dir_okay=False))
+@click.option("--data", help="Labelled images (class folders or manifest) for accuracy and end-to-end timing.")
+@click.option("--extra-data", multiple=True, help="More labelled data merged into --data.")
+@click.option("--split", help="Score only this split (train, val, test) of --splits.")
+@click.option("--splits", "splits_file", type=click.Path(dir_okay=False), help="A splits.csv, e.g. a run's.")
+@click.option("--threads", default="1", show_default=True, callback=_thread_counts,
+              help="Comma-separated thread counts to compare, e.g. 1,2,4.")
+@click.option("--runs", default=50, show_default=True, type=click.IntRange(min=1), help="Timed runs.")
+@click.option("--warmup", default=5, show_default=True, type=click.IntRange(min=0), help="Warm-up runs before the timed ones (their mean is reported).")
+@click.option("--limit", type=click.IntRange(min=1), help="Score at most N images (a seeded random sample).")
+@click.option("--json", "fmt", flag_value="json", help="Print JSON.")
+@click.option("--csv", "fmt", flag_value="csv", help="Print CSV, one row per model and thread count.")
+@click.option("--md", "fmt", flag_value="md", help="Print Markdown (for BENCHMARKS.md).")
+@click.option("--plot", type=click.Path(dir_okay=False), help="Write a latency-vs-accuracy PNG (needs --data).")
+@click.option("--out", type=click.Path(dir_okay=False), help="Write the report to this file instead of stdout.")
+@click.option("--force", is_flag=True, help="Overwrite --out / --plot if they exist.")
+@friendly_errors
+def bench(models, data, extra_data, split, splits_file, threads, runs, warmup, limit, fmt, plot, out, force):
+    """Latency, memory and accuracy of .tflite MODELS as one table (default: the shipped model).
+
+    Latency follows TFLite's benchmark_model (init, first, warm-up, then mean/std/p50/p90/p99) for
+    invoke() alone and end to end (decode + preprocess + invoke). A model that fails is a row.
+    """
+    from .bench import bench as run_bench
+    from .io import atomic_write_text, refuse_overwrite
+
+    for path in (out, plot):
+        if path:
+            refuse_overwrite(path, force)
+    report = run_bench(models, data=data, threads=threads, runs=runs, warmup=warmup, extra=extra_data,
+                       split=split, splits_file=splits_file, limit=limit, progress=True,
+                       command=_command_line(click.get_current_context()))
+    render = {"json": report.to_json, "csv": report.to_csv, "md": report.to_markdown}.get(fmt, report.to_table)
+    text = render()
+    if out:
+        atomic_write_text(out, text)
+        click.echo(f"wrote {out}", err=True)
+    else:
+        click.echo(text, nl=False)
+    if plot:
+        from .report import plot_tradeoff
+
+        points = [{**row.flat(), "model": f"{row.name} ({row.threads or 'default'} thr)"} for row in report.rows]
+        written = plot_tradeoff(points, plot)
+        click.echo(f"wrote {written}" if written else
+                   "no plot: it needs --data (for accuracy), an ok row and matplotlib", err=True)
+    if report.rows and all(row.status != "ok" for row in report.rows):
+        sys.exit(1)
+
+
 # --- app (mobile_app) ---------------------------------------------------------------------------
 
 

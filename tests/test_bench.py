@@ -1,0 +1,202 @@
+"""edgecxr.bench and `edgecxr bench`: benchmark_model-style latency, memory and shared-code accuracy."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from edgecxr import CLASS_NAMES
+from edgecxr.bench import BenchReport, LatencyStats, bench
+from edgecxr.cli import main
+from edgecxr.data import load_records, save_splits, split_by_patient
+from edgecxr.errors import DataError
+from edgecxr.preprocess import load_images
+from edgecxr.runtime import Classifier
+
+FAST = dict(runs=8, warmup=2)
+
+
+def _assert_latency(stats: LatencyStats, runs: int, warmup: int) -> None:
+    assert stats.runs == runs and stats.warmup_runs == warmup
+    assert 0 < stats.min_ms <= stats.p50_ms <= stats.p90_ms <= stats.p99_ms <= stats.max_ms
+    assert stats.first_ms > 0 and stats.warmup_mean_ms > 0 and stats.std_ms >= 0
+    assert stats.images_per_s == pytest.approx(1000.0 / stats.mean_ms)
+
+
+def test_latency_stats_follow_benchmark_model_definitions():
+    stats = LatencyStats.from_times(9.0, [4.0, 2.0], [1.0, 2.0, 3.0, 4.0, 10.0])
+    assert (stats.first_ms, stats.warmup_mean_ms, stats.warmup_runs) == (9.0, 3.0, 2)
+    assert stats.mean_ms == 4.0 and stats.std_ms == pytest.approx(np.std([1, 2, 3, 4, 10]))
+    assert stats.p50_ms == 3.0 and stats.p90_ms == pytest.approx(np.percentile([1, 2, 3, 4, 10], 90))
+    assert stats.images_per_s == 250.0
+
+
+def test_bench_without_data_times_model_only_and_end_to_end(tiny_tflite):
+    report = bench([tiny_tflite.float32, tiny_tflite.uint8], **FAST)
+    assert [r.name for r in report.rows] == ["tiny float32.tflite", "tiny uint8.tflite"]
+    for row, io_dtype in zip(report.rows, ["float32", "uint8"]):
+        assert row.status == "ok" and row.error == ""
+        assert row.io_dtype == io_dtype and row.image_size == 32 and row.threads == 1
+        assert row.init_ms > 0 and row.size_mb == pytest.approx(tiny_tflite.float32.stat().st_size / 1e6, rel=0.6)
+        _assert_latency(row.model_only, **FAST)
+        _assert_latency(row.end_to_end, **FAST)
+        assert row.peak_rss_mb > 10  # a Python process with numpy holds more than 10 MB
+        assert row.xnnpack is True  # ai_edge_litert applies XNNPACK by default
+        assert row.accuracy is None and row.metrics is None
+    h = report.header
+    assert h.interpreter == "ai_edge_litert" and h.interpreter_version[0].isdigit()
+    assert h.image_sizes == [32] and h.threads == [1] and h.runs == 8 and h.warmup == 2
+    assert "synthetic" in h.data and "synthetic" in h.end_to_end_input
+    assert h.cpu and "VmHWM" in h.memory
+
+
+def test_bench_accuracy_is_the_evaluate_metrics_on_the_data(tiny_tflite, synthetic_folder):
+    broken = synthetic_folder / "NORMAL" / "broken.png"
+    broken.write_text("not an image")
+    report = bench([tiny_tflite.int8], data=synthetic_folder, **FAST)
+    row = report.rows[0]
+    assert row.status == "ok", row.error
+    records = [r for r in load_records(synthetic_folder, notes=[]) if r.file != str(broken)]
+    images, ok = load_images([r.file for r in records], 32)
+    predicted = Classifier(tiny_tflite.int8).predict_arrays(images).argmax(axis=1)
+    truth = np.array([CLASS_NAMES.index(records[i].label) for i in ok])
+    assert row.n_images == len(ok) == 48
+    assert row.accuracy == pytest.approx((predicted == truth).mean(), abs=1e-6)
+    assert row.accuracy > 0.5  # the synthetic cue is easy; chance is 0.25
+    m = row.metrics
+    for key in ("per_class", "confusion_matrix", "covid_vs_rest", "by_source", "macro"):
+        assert key in m
+    assert np.sum(m["confusion_matrix"]["matrix"]) == 48
+    assert set(m["by_source"]) == {"kermany"}
+    assert row.covid_sensitivity == m["covid_vs_rest"]["sensitivity"]["value"]
+    assert row.macro_sensitivity == m["macro"]["sensitivity"]
+    assert row.n_unreadable == 1 and any("1 unreadable image" in n for n in report.notes)
+    assert "49 images" in report.header.data and "files from the data" in report.header.end_to_end_input
+
+
+def test_split_and_limit_choose_the_images_scored(tiny_tflite, synthetic_folder, tmp_path):
+    records = load_records(synthetic_folder, notes=[])
+    splits = split_by_patient(records, 0.25, 0.25, seed=0)
+    splits_csv = save_splits(tmp_path / "splits.csv", records, splits)
+    report = bench([tiny_tflite.float32], data=synthetic_folder, split="test", splits_file=splits_csv, **FAST)
+    assert report.rows[0].n_images == splits.count("test") < len(records)
+    assert "split test" in report.header.data
+
+    limited = bench([tiny_tflite.float32], data=synthetic_folder, limit=10, **FAST).rows[0]
+    assert limited.n_images == 10
+    assert len(set(np.nonzero(limited.metrics["confusion_matrix"]["matrix"])[0])) > 1  # not one class
+
+
+def test_split_without_a_splits_file_is_a_data_error(tiny_tflite, synthetic_folder):
+    with pytest.raises(DataError, match="splits"):
+        bench([tiny_tflite.float32], data=synthetic_folder, split="test", **FAST)
+
+
+def test_a_failing_model_becomes_a_row(tiny_tflite, tmp_path):
+    text = tmp_path / "notes.tflite"
+    text.write_text("not a model")
+    missing = tmp_path / "gone.tflite"
+    report = bench([text, tiny_tflite.int8, missing], **FAST)
+    assert [r.status for r in report.rows] == ["failed", "ok", "failed"]
+    assert "not a TensorFlow Lite model" in report.rows[0].error and "not found" in report.rows[2].error
+    table = report.to_table()
+    assert f"failed: {text}: " in table and f"failed: {missing}: " in table
+    assert report.rows[0].model_only is None and report.rows[0].accuracy is None
+
+
+def test_several_thread_counts_give_one_row_each(tiny_tflite, synthetic_folder):
+    report = bench([tiny_tflite.uint8], data=synthetic_folder, threads=(1, 2), **FAST)
+    one, two = report.rows
+    assert (one.threads, two.threads) == (1, 2)
+    assert two.accuracy == one.accuracy and two.metrics is None  # scored once per model
+    _assert_latency(two.model_only, **FAST)
+
+
+@pytest.fixture(scope="module")
+def small_report(tiny_tflite, tmp_path_factory) -> BenchReport:
+    bad = tmp_path_factory.mktemp("bad") / "broken.tflite"
+    bad.write_bytes(b"\x00" * 64)
+    return bench([tiny_tflite.float32, tiny_tflite.int8, bad], command="edgecxr bench a b c", **FAST)
+
+
+def test_report_json_has_header_rows_and_latency_fields(small_report):
+    data = json.loads(small_report.to_json())
+    assert data["schema"] == "edgecxr.bench/1"
+    for key in ("interpreter", "interpreter_version", "xnnpack", "cpu", "threads", "data", "image_sizes", "memory"):
+        assert key in data["header"]
+    ok = data["rows"][0]
+    for key in ("model", "status", "quantization", "size_mb", "init_ms", "peak_rss_mb", "accuracy", "end_to_end"):
+        assert key in ok
+    for key in ("first_ms", "warmup_mean_ms", "mean_ms", "std_ms", "p50_ms", "p90_ms", "p99_ms", "images_per_s"):
+        assert ok["model_only"][key] > 0 or key == "std_ms"
+    assert data["rows"][2]["status"] == "failed" and data["rows"][2]["model_only"] is None
+
+
+def test_report_csv_has_one_flat_row_per_model(small_report):
+    rows = list(csv.DictReader(io.StringIO(small_report.to_csv())))
+    assert [r["status"] for r in rows] == ["ok", "ok", "failed"]
+    assert float(rows[0]["p50_ms"]) <= float(rows[0]["p99_ms"]) and float(rows[1]["e2e_images_per_s"]) > 0
+    assert rows[2]["p50_ms"] == "" and rows[2]["error"]
+
+
+def test_report_table_and_markdown_name_the_setup(small_report):
+    table = small_report.to_table()
+    for text in ("interpreter: ai_edge_litert", "XNNPACK: on", "CPU: ", "threads: 1", "image size: 32 px",
+                 "p50 ms", "images/s", "tiny int8.tflite", "model-only", "end-to-end"):
+        assert text in table
+    md = small_report.to_markdown()
+    assert md.startswith("# edgecxr benchmark\n")
+    assert "Reproduce with `edgecxr bench a b c`" in md
+    assert "| model | status | quant |" in md and "| tiny float32.tflite | ok | none |" in md
+
+
+# --- edgecxr bench -----------------------------------------------------------------------------------
+
+
+def test_cli_bench_json_on_two_models(tiny_tflite):
+    args = ["bench", str(tiny_tflite.float32), str(tiny_tflite.uint8), "--json", "--runs", "5", "--warmup", "1"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert [r["status"] for r in data["rows"]] == ["ok", "ok"]
+    assert data["rows"][1]["model_only"]["runs"] == 5
+    command = data["header"]["command"]
+    assert command.startswith("edgecxr bench '") and "tiny uint8.tflite' --runs 5 --warmup 1 --json" in command
+
+
+def test_cli_bench_without_arguments_uses_the_default_model(tiny_tflite, monkeypatch):
+    monkeypatch.setenv("EDGECXR_MODEL", str(tiny_tflite.int8))
+    result = CliRunner().invoke(main, ["bench", "--runs", "3", "--warmup", "1"])
+    assert result.exit_code == 0, result.stderr
+    assert "tiny int8.tflite" in result.stdout and "p50 ms" in result.stdout
+
+
+def test_cli_bench_markdown_plot_and_out_file(tiny_tflite, synthetic_folder, tmp_path):
+    out, plot = tmp_path / "BENCH.md", tmp_path / "tradeoff.png"
+    args = ["bench", str(tiny_tflite.int8), "--data", str(synthetic_folder), "--threads", "1,2", "--md",
+            "--runs", "3", "--warmup", "1", "--out", str(out), "--plot", str(plot)]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.stderr
+    text = out.read_text()
+    assert text.startswith("# edgecxr benchmark") and "--threads 1,2" in text and "## Accuracy of tiny int8" in text
+    pytest.importorskip("matplotlib")
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    again = CliRunner().invoke(main, args)
+    assert again.exit_code == 1 and "already exists" in again.stderr and "--force" in again.stderr
+
+
+def test_cli_bench_rejects_bad_thread_counts(tiny_tflite):
+    result = CliRunner().invoke(main, ["bench", str(tiny_tflite.int8), "--threads", "0,x"])
+    assert result.exit_code == 2 and "thread counts" in result.stderr
+
+
+def test_cli_bench_exits_nonzero_when_every_model_fails(tmp_path):
+    bad = tmp_path / "bad.tflite"
+    bad.write_text("nope")
+    result = CliRunner().invoke(main, ["bench", str(bad), "--runs", "2"])
+    assert result.exit_code == 1 and "failed" in result.stdout and "Traceback" not in result.stderr
