@@ -23,6 +23,7 @@ class TrainConfig:
     val_fraction: float = 0.15
     test_fraction: float = 0.15
     class_names: list[str] = field(default_factory=lambda: list(CLASS_NAMES))
+    equalize: bool = False  # histogram-equalize every image (training and deployment alike)
     # model
     architecture: str = "small"  # small | large
     alpha: float = 1.0
@@ -32,6 +33,9 @@ class TrainConfig:
     fine_tune: int = 0  # with pretrained weights: unfreeze the top N backbone layers
     head_width: int = 512  # the preprint used 2500; 512 keeps the int8 model under 1.5 MB
     dropout: float = 0.5
+    # Keras MobileNetV3 uses BatchNorm momentum 0.999, made for long ImageNet runs: from scratch on a
+    # few thousand images the moving statistics lag the weights and validation swings by epochs.
+    bn_momentum: float = 0.99
     # optimisation
     epochs: int = 15
     batch_size: int = 16
@@ -41,6 +45,13 @@ class TrainConfig:
     label_smoothing: float = 0.0
     weight_decay: float = 0.0
     balance: str = "oversample"  # oversample | class_weight | none
+    # With oversampling: within each class, give every age group (pediatric/adult) with at least
+    # `min_group` training images an equal share, so the rare adult normals are not drowned out.
+    balance_groups: bool = False
+    min_group: int = 50
+    # Partial-label images (pneumonia without subtype) drawn per epoch, as a share of one class
+    # (0 = each once).
+    partial_share: float = 0.0
     early_stopping: int = 0  # patience in epochs; 0 = off
     monitor: str = "val_accuracy"
     # augmentation (training split only)

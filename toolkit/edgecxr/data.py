@@ -625,6 +625,7 @@ def load_split_arrays(
     which: str | Iterable[str],
     size: int,
     on_error: Callable[[str, str], None] | None = None,
+    equalize: bool = False,
 ) -> tuple[np.ndarray, list[Record]]:
     """Load the images of one split (or several) as uint8 ``(N, size, size, 3)`` plus their Records.
 
@@ -633,7 +634,7 @@ def load_split_arrays(
     """
     wanted = {which} if isinstance(which, str) else set(which)
     chosen = [rec for rec, split in zip(records, splits) if split in wanted]
-    arrays, ok = load_images([rec.file for rec in chosen], size, on_error=on_error)
+    arrays, ok = load_images([rec.file for rec in chosen], size, on_error=on_error, equalize=equalize)
     return arrays, [chosen[i] for i in ok]
 
 

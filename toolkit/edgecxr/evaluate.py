@@ -34,12 +34,12 @@ def _select(records, split: str, splits_file: Path | None):
     return chosen
 
 
-def load_eval_arrays(records, size: int):
+def load_eval_arrays(records, size: int, equalize: bool = False):
     def skipped(path, message):
         _log(f"skipped unreadable image: {message}")
 
     splits = ["eval"] * len(records)
-    return data_mod.load_split_arrays(records, splits, "eval", size, on_error=skipped)
+    return data_mod.load_split_arrays(records, splits, "eval", size, on_error=skipped, equalize=equalize)
 
 
 def score(records, probs, class_names) -> dict:
@@ -68,7 +68,7 @@ def evaluate(target: str | Path, data: str | None = None, split: str = "test",
         extra = tuple(extra) or (tuple(cfg.extra_data) if own_data else ())
         if splits_file is None and own_data:
             splits_file = target / "splits.csv"
-        class_names, size = list(cfg.class_names), cfg.image_size
+        class_names, size, equalize = list(cfg.class_names), cfg.image_size, cfg.equalize
 
         def predict(images):
             return model.predict(images.astype(np.float32), batch_size=64, verbose=0)
@@ -80,7 +80,7 @@ def evaluate(target: str | Path, data: str | None = None, split: str = "test",
         if data is None:
             raise DataError("evaluating a .tflite file needs --data DATA")
         clf = Classifier(target, num_threads=threads)
-        class_names, size = list(clf.spec.class_names), clf.spec.image_size
+        class_names, size, equalize = list(clf.spec.class_names), clf.spec.image_size, clf.spec.equalize
         predict = clf.predict_arrays
         default_out = target.parent / f"eval-{target.stem}-{split}"
     else:
@@ -90,7 +90,7 @@ def evaluate(target: str | Path, data: str | None = None, split: str = "test",
         _log(f"no splits file given: evaluating every image in {data}")
         split = "all"
     records = _select(data_mod.load_records(data, extra), split, Path(splits_file) if splits_file else None)
-    images, kept = load_eval_arrays(records, size)
+    images, kept = load_eval_arrays(records, size, equalize)
     if not kept:
         raise DataError(f"no readable images to evaluate in {data}")
     probs = predict(images)

@@ -32,11 +32,13 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
 def atomic_temp_path(path: str | Path) -> Path:
     """A temporary sibling of ``path`` for writers that need a file name (Keras, matplotlib).
 
-    Write to it, then ``os.replace(tmp, path)``; the suffix is kept so format detection works.
+    Write to it, then ``os.replace(tmp, path)``. The last two suffixes are kept because writers
+    pick the format from them (Keras reads ``.weights.h5`` as a different format from ``.h5``).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
+    suffix = "".join(path.suffixes[-2:])
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name[: len(path.name) - len(suffix)]}.", suffix=suffix, dir=path.parent)
     os.close(fd)
     return Path(tmp)
 

@@ -81,9 +81,12 @@ def build_model(cfg: TrainConfig):
         features = backbone(inputs, training=False)
     else:
         backbone.trainable = True
+        for layer in backbone.layers:
+            if isinstance(layer, keras.layers.BatchNormalization):
+                layer.momentum = cfg.bn_momentum
         features = backbone(inputs)
     x = keras.layers.Dense(cfg.head_width, activation="relu", name="head_dense")(features)
-    x = keras.layers.BatchNormalization(name="head_bn")(x)
+    x = keras.layers.BatchNormalization(momentum=cfg.bn_momentum, name="head_bn")(x)
     x = keras.layers.Dropout(cfg.dropout, name="head_dropout")(x)
     outputs = keras.layers.Dense(len(cfg.class_names), activation="softmax", name="probabilities")(x)
     return keras.Model(inputs, outputs, name=f"edgecxr_mnv3{cfg.architecture}")
@@ -99,6 +102,7 @@ def model_spec(cfg: TrainConfig, **overrides) -> ModelSpec:
         architecture="MobileNetV3" + cfg.architecture.capitalize(),
         minimalistic=cfg.minimalistic,
         alpha=cfg.alpha,
+        equalize=cfg.equalize,
         version=__version__,
     )
     for key, value in overrides.items():

@@ -33,6 +33,7 @@ class ModelSpec:
     color: str = "RGB"
     input_range: tuple[float, float] = (0.0, 255.0)
     resize: str = "squash"  # straight to image_size x image_size, no crop or letterbox
+    equalize: bool = False  # histogram equalization after resizing (preprocess.load_image)
     architecture: str = "MobileNetV3Small"
     minimalistic: bool = False
     alpha: float = 1.0

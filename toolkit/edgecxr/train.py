@@ -64,7 +64,8 @@ def load_split(records, splits, which: str, cfg: TrainConfig) -> SplitArrays:
     def skipped(path, message):
         log(f"skipped unreadable image: {message}")
 
-    images, kept = data_mod.load_split_arrays(records, splits, which, cfg.image_size, on_error=skipped)
+    images, kept = data_mod.load_split_arrays(records, splits, which, cfg.image_size, on_error=skipped,
+                                              equalize=cfg.equalize)
     targets = np.stack([data_mod.target_vector(r.label, cfg.class_names) for r in kept]) if kept else (
         np.zeros((0, len(cfg.class_names)), np.float32)
     )
@@ -76,8 +77,9 @@ def epoch_indices(train: SplitArrays, cfg: TrainConfig, epoch: int) -> tuple[np.
 
     ``oversample`` draws every fully-labelled class up to the size of the largest one (with
     replacement, reshuffled each epoch with a seed derived from the epoch, so a resumed run sees
-    the same sequence); partial-label images are kept once each. ``class_weight`` weights the
-    loss instead, inversely to class frequency.
+    the same sequence); with ``balance_groups`` each class's draw is shared equally between its
+    age groups. Partial-label images are drawn ``partial_share`` of a class per epoch.
+    ``class_weight`` keeps the natural order and weights the loss inversely to class frequency.
     """
     rng = np.random.default_rng([cfg.seed, epoch])
     labels = train.labels
@@ -85,11 +87,22 @@ def epoch_indices(train: SplitArrays, cfg: TrainConfig, epoch: int) -> tuple[np.
     if cfg.balance == "oversample":
         classes = [c for c in range(len(cfg.class_names)) if np.any(labels == c)]
         largest = max(int(np.sum(labels == c)) for c in classes)
-        parts = [np.flatnonzero(labels < 0)]
+        groups = np.array([r.group for r in train.records])
+        parts = []
         for c in classes:
             members = np.flatnonzero(labels == c)
-            extra = rng.choice(members, largest - len(members), replace=True) if largest > len(members) else []
-            parts.append(np.concatenate([members, np.asarray(extra, dtype=np.int64)]))
+            cells = [members]
+            if cfg.balance_groups:
+                big = [members[groups[members] == g] for g in sorted(set(groups[members]))]
+                big = [cell for cell in big if len(cell) >= cfg.min_group]
+                if len(big) > 1:
+                    rest = np.setdiff1d(members, np.concatenate(big))
+                    cells = big[:-1] + [np.concatenate([big[-1], rest])]
+            share = largest // len(cells)
+            for cell in cells:
+                parts.append(_draw(cell, share, rng))
+        partial = np.flatnonzero(labels < 0)
+        parts.append(_draw(partial, int(cfg.partial_share * largest), rng) if cfg.partial_share > 0 else partial)
         order = np.concatenate(parts).astype(np.int64)
     else:
         order = np.arange(len(labels))
@@ -100,6 +113,13 @@ def epoch_indices(train: SplitArrays, cfg: TrainConfig, epoch: int) -> tuple[np.
             weights = np.where(labels >= 0, per_class[np.maximum(labels, 0)], 1.0).astype(np.float32)
     rng.shuffle(order)
     return order, weights
+
+
+def _draw(members: np.ndarray, count: int, rng) -> np.ndarray:
+    """Every member once, topped up with random repeats (or a random subset if count is smaller)."""
+    if count <= len(members):
+        return rng.choice(members, count, replace=False)
+    return np.concatenate([members, rng.choice(members, count - len(members), replace=True)])
 
 
 def augmenter(cfg: TrainConfig, tf, keras):
@@ -233,7 +253,7 @@ class Checkpointer:
         macro = m.get("macro", {}).get("sensitivity")
         if macro is not None:
             out["val_macro_sensitivity"] = macro
-        covid = m.get("covid_vs_rest", {}).get("sensitivity", {})
+        covid = (m.get("covid_vs_rest") or {}).get("sensitivity") or {}
         if isinstance(covid, dict) and covid.get("value") is not None:
             out["val_covid_sensitivity"] = covid["value"]
         return out
@@ -286,6 +306,8 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False, force: bo
 
     strategy = strategy_for(cfg, tf)
     global_batch = cfg.batch_size * strategy.num_replicas_in_sync
+    log(f"training on {strategy.num_replicas_in_sync} replica(s) with {strategy.__class__.__name__}, "
+        f"global batch {global_batch}")
     with strategy.scope():
         model = model_mod.build_model(cfg)
         if first_epoch > 0:

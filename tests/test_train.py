@@ -1,0 +1,158 @@
+"""Training end to end on an easy synthetic task: run directory, learning, resume, interruption."""
+
+import csv
+import json
+import subprocess
+import sys
+import textwrap
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("tf_keras")
+
+from click.testing import CliRunner
+
+from edgecxr import train as train_mod
+from edgecxr.cli import main
+from edgecxr.config import TrainConfig
+from edgecxr.data import Record
+from synthetic import make_dataset
+
+# Small enough for CI, large enough that MobileNetV3 from scratch learns the blob positions.
+EASY = dict(image_size=48, head_width=16, weights="none", minimalistic=True, augment=False,
+            bn_momentum=0.8, val_fraction=0.25, test_fraction=0.0, batch_size=16)
+
+
+@pytest.fixture(scope="module")
+def easy_data(tmp_path_factory):
+    return make_dataset(tmp_path_factory.mktemp("easy data"), per_class=40, size=48)
+
+
+@pytest.fixture(scope="module")
+def trained_run(easy_data, tmp_path_factory):
+    run = tmp_path_factory.mktemp("runs") / "run one"
+    cfg = TrainConfig(data=str(easy_data), epochs=8, **EASY)
+    train_mod.train(cfg, run)
+    return run
+
+
+def history(run):
+    with open(run / "history.csv") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_run_directory_holds_everything(trained_run):
+    for name in ["config.json", "splits.csv", "history.csv", "model_spec.json", "metrics.json", "report.md",
+                 "checkpoints/best.weights.h5", "checkpoints/last.weights.h5", "plots/accuracy.png",
+                 "plots/loss.png", "confusion_matrix.png"]:
+        assert (trained_run / name).is_file(), name
+    cfg = TrainConfig.load(trained_run / "config.json")
+    assert cfg.epochs == 8 and cfg.image_size == 48
+    spec = json.loads((trained_run / "model_spec.json").read_text())
+    assert spec["class_names"] == ["normal", "covid19", "bacterial", "viral"] and spec["image_size"] == 48
+
+
+def test_training_beats_chance_and_loss_decreases(trained_run):
+    rows = history(trained_run)
+    assert len(rows) == 8
+    assert float(rows[-1]["loss"]) < float(rows[0]["loss"])
+    metrics = json.loads((trained_run / "metrics.json").read_text())
+    assert metrics["accuracy"]["value"] > 0.5  # chance is 0.25 on four balanced classes
+    assert metrics["training"]["seconds_per_epoch"] > 0
+
+
+def test_split_is_by_patient(trained_run):
+    with open(trained_run / "splits.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    by_patient = {}
+    for row in rows:
+        by_patient.setdefault(row["patient_id"], set()).add(row["split"])
+    assert all(len(s) == 1 for s in by_patient.values())
+    assert {r["split"] for r in rows} == {"train", "val"}
+
+
+def test_resume_continues_where_the_run_stopped(easy_data, tmp_path):
+    run = tmp_path / "resumable"
+    cfg = TrainConfig(data=str(easy_data), epochs=1, **EASY)
+    train_mod.train(cfg, run)
+    result = CliRunner().invoke(main, ["train", "--out", str(run), "--resume", "--epochs", "2"])
+    assert result.exit_code == 0, result.output
+    assert [r["epoch"] for r in history(run)] == ["0", "1"]
+    assert json.loads((run / "checkpoints/state.json").read_text())["epoch"] == 2
+
+
+def test_interrupt_leaves_a_usable_checkpoint(easy_data, tmp_path, monkeypatch):
+    """Ctrl-C during epoch 2 keeps epoch 1's checkpoint, loadable and resumable."""
+    from edgecxr.model import load_run_model
+
+    original = train_mod.EpochTimer.__new__
+
+    def interrupting(cls, keras):
+        timer = original(cls, keras)
+
+        def on_epoch_begin(epoch, logs=None):
+            if epoch == 1:
+                raise KeyboardInterrupt
+            timer.t0 = 0.0
+
+        timer.on_epoch_begin = on_epoch_begin
+        return timer
+
+    monkeypatch.setattr(train_mod.EpochTimer, "__new__", interrupting)
+    run = tmp_path / "interrupted"
+    with pytest.raises(KeyboardInterrupt):
+        train_mod.train(TrainConfig(data=str(easy_data), epochs=3, **EASY), run)
+    assert json.loads((run / "checkpoints/state.json").read_text())["epoch"] == 1
+    model, cfg = load_run_model(run, "last")
+    assert model.output_shape == (None, 4)
+
+
+def test_refuses_to_overwrite_a_run_without_force(trained_run, easy_data):
+    result = CliRunner().invoke(main, ["train", str(easy_data), "--out", str(trained_run), "--weights", "none"])
+    assert result.exit_code == 1
+    assert "--force" in result.output and "Traceback" not in result.output
+
+
+def test_cli_errors_are_one_line(tmp_path):
+    result = CliRunner().invoke(main, ["train", str(tmp_path / "missing"), "--out", str(tmp_path / "r"),
+                                       "--weights", "none"])
+    assert result.exit_code == 1
+    assert result.output.startswith("error:") and result.output.count("\n") == 1
+    result = CliRunner().invoke(main, ["train", str(tmp_path), "--out", str(tmp_path / "r2"), "--set", "nonsense=1"])
+    assert result.exit_code == 1 and "nonsense" in result.output
+
+
+def test_oversampling_balances_classes_and_age_groups():
+    records = ([Record(f"/n{i}", "normal", f"n{i}", "kermany", "pediatric") for i in range(300)]
+               + [Record(f"/a{i}", "normal", f"a{i}", "nih", "adult") for i in range(60)]
+               + [Record(f"/c{i}", "covid19", f"c{i}", "ieee8023", "adult") for i in range(80)]
+               + [Record(f"/p{i}", "pneumonia_unspecified", f"p{i}", "nih", "adult") for i in range(20)])
+    cfg = TrainConfig(class_names=["normal", "covid19"], balance_groups=True, min_group=50, partial_share=0.5)
+    arrays = train_mod.SplitArrays(np.zeros((len(records), 1)), None, records, cfg.class_names)
+    order, weights = train_mod.epoch_indices(arrays, cfg, epoch=0)
+    drawn = Counter((records[i].label, records[i].group) for i in order)
+    assert drawn[("normal", "pediatric")] == drawn[("normal", "adult")] == 180
+    assert drawn[("covid19", "adult")] == 360
+    assert drawn[("pneumonia_unspecified", "adult")] == 180
+    assert set(order[np.isin(order, range(300, 360))]) == set(range(300, 360))  # every adult normal is used
+    again, _ = train_mod.epoch_indices(arrays, cfg, epoch=0)
+    np.testing.assert_array_equal(order, again)  # a resumed run replays the same epoch
+
+
+def test_mirrored_strategy_trains_on_two_logical_cpus(easy_data, tmp_path):
+    script = textwrap.dedent(f"""
+        import tensorflow as tf
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+        from edgecxr.config import TrainConfig
+        from edgecxr.train import train
+        cfg = TrainConfig(data={str(easy_data)!r}, epochs=1, strategy="mirrored", **{EASY!r})
+        train(cfg, {str(tmp_path / 'mirrored')!r})
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "training on 2 replica(s) with MirroredStrategy" in proc.stderr
+    assert (tmp_path / "mirrored" / "checkpoints" / "best.weights.h5").is_file()
