@@ -272,5 +272,45 @@ def bench(models, data, extra_data, split, splits_file, threads, runs, warmup, l
 # --- app (mobile_app) ---------------------------------------------------------------------------
 
 
+def _window_size(_ctx, _param, value):
+    if value is None:
+        return None
+    try:
+        width, height = (int(v) for v in value.lower().split("x"))
+    except ValueError:
+        raise click.BadParameter("use WIDTHxHEIGHT, e.g. 800x480") from None
+    return width, height
+
+
+@main.command("app")
+@click.option("--model", type=click.Path(dir_okay=False), help="A .tflite model instead of the shipped one.")
+@click.option("--threads", type=click.IntRange(1, 64), help="Interpreter threads (default: the app's setting).")
+@click.option("--fullscreen", is_flag=True, help="Fill the screen (Raspberry Pi kiosk).")
+@click.option("--size", callback=_window_size, metavar="WxH", help="Window size, e.g. 800x480.")
+@friendly_errors
+def app_command(model, threads, fullscreen, size):
+    """Open the offline app: pick or drop an X-ray, see the prediction and its saliency map."""
+    import os
+    from pathlib import Path
+
+    from .errors import EdgeCXRError, require
+
+    app_dir = Path(__file__).resolve().parents[2] / "mobile_app"
+    if not (app_dir / "edgecxr_app" / "app.py").is_file():
+        raise EdgeCXRError(
+            f"the app is not importable: {app_dir} not found; run it from a source checkout of edgecxr"
+        )
+    if model:
+        from .runtime import Classifier
+
+        Classifier(model)  # a wrong model fails here, in one line, before a window opens
+    os.environ.setdefault("KIVY_NO_ARGS", "1")  # or Kivy parses --model itself and exits
+    require("kivy", "app")
+    sys.path.insert(0, str(app_dir))
+    from edgecxr_app import run
+
+    run(model=model, threads=threads, fullscreen=fullscreen, size=size)
+
+
 if __name__ == "__main__":
     main()
