@@ -14,9 +14,9 @@ batched throughput.
 Writes ``benchmarks/RUNTIMES.md`` (``--out``; an existing file needs ``--force``) and prints it.
 
 Why subprocesses: TensorFlow fixes its thread pools at its first op, so each Keras thread count is
-timed in a fresh worker process. tf2onnx and onnxruntime live in their own venv (tf2onnx pins
-protobuf/numpy versions that can break TensorFlow), so ONNX conversion and timing run in that venv's
-Python; set it up with
+timed in a fresh worker process. tf2onnx and onnxruntime live in their own venv, so installing them
+(and whatever protobuf/numpy/onnx versions they pull in) can never change the packages TensorFlow
+depends on; ONNX conversion and timing run in that venv's Python. Set it up with
 
     python -m venv --system-site-packages /opt/edgecxr-onnx-venv
     /opt/edgecxr-onnx-venv/bin/pip install onnxruntime onnx
@@ -149,24 +149,32 @@ def write_json(path: Path, obj) -> None:
 
 
 def keras_worker(workdir: Path, threads: int, runs: int, warmup: int, with_eval: bool) -> dict:
-    """Time ``model.predict`` and ``model(x, training=False)`` with TensorFlow on ``threads`` threads."""
+    """Time three ways to call the Keras model with TensorFlow on ``threads`` threads.
+
+    ``model.predict`` is what most users write; it builds a data pipeline per call, so the eager
+    ``model(x, training=False)`` and a ``tf.function`` graph (the fastest plain-TensorFlow way) are
+    timed too: the comparison should be with Keras at its best, not at its slowest.
+    """
     import tensorflow as tf
 
     tf.config.threading.set_intra_op_parallelism_threads(threads)
     tf.config.threading.set_inter_op_parallelism_threads(threads)
     model = load_keras(workdir)
-    x1 = np.load(workdir / "latency.npy").astype(np.float32)
-    out = {
-        "predict": time_calls(lambda: model.predict(x1, verbose=0), runs, warmup),
-        "call": time_calls(lambda: model(x1, training=False), runs, warmup),
+    size = int(model.input_shape[1])
+    graph = tf.function(lambda x: model(x, training=False),
+                        input_signature=[tf.TensorSpec((None, size, size, 3), tf.float32)])
+    calls = {
+        "predict": lambda b: model.predict(b, batch_size=THROUGHPUT_BATCH, verbose=0),
+        "call": lambda b: model(b, training=False),
+        "graph": graph,
     }
+    x1 = np.load(workdir / "latency.npy").astype(np.float32)
+    out = {name: {"latency": time_calls(lambda: fn(x1), runs, warmup)} for name, fn in calls.items()}
     if with_eval:
         images = np.load(workdir / "eval.npy").astype(np.float32)
-        probs = model.predict(images, batch_size=THROUGHPUT_BATCH, verbose=0)
-        np.save(workdir / "probs-keras.npy", probs)
-        out["predict_images_per_s"] = throughput(
-            lambda b: model.predict(b, batch_size=THROUGHPUT_BATCH, verbose=0), images)
-        out["call_images_per_s"] = throughput(lambda b: model(b, training=False), images)
+        np.save(workdir / "probs-keras.npy", calls["predict"](images))
+        for name, fn in calls.items():
+            out[name]["images_per_s"] = throughput(fn, images)
     return out
 
 
@@ -529,16 +537,20 @@ def measure_tflite(rows: dict, net: Network, threads: list[int], args) -> None:
             row.fail(f"interpreter failed: {one_line(exc)}")
 
 
+KERAS_CALLS = {"predict": "Keras model.predict", "call": "Keras model(x, training=False)",
+               "graph": "Keras model in tf.function"}
+
+
 def measure_keras(net: Network, workdir: Path, threads: list[int], args) -> list[Row]:
     import tensorflow as tf
     import tf_keras
 
     runtime = f"TensorFlow {tf.__version__}, tf_keras {tf_keras.__version__}"
-    predict = Row(key="keras-predict", label="Keras model.predict", runtime=runtime)
-    call = Row(key="keras-call", label="Keras model(x, training=False)", runtime=runtime)
+    rows = {name: Row(key=f"keras-{name}", label=label, runtime=runtime) for name, label in KERAS_CALLS.items()}
     size = keras_weights(workdir).stat().st_size / 1e6
-    for row in (predict, call):
+    for row in rows.values():
         row.file, row.size_mb, row.size_note = str(keras_weights(workdir)), size, "weights .h5"
+        row.probs_file = str(workdir / "probs-keras.npy")
     for n in threads:
         command = [sys.executable, str(Path(__file__).resolve()), "--worker", "keras", "--workdir",
                    str(workdir), "--threads", str(n), "--runs", str(args.runs), "--warmup", str(args.warmup)]
@@ -546,19 +558,14 @@ def measure_keras(net: Network, workdir: Path, threads: list[int], args) -> list
             command.append("--with-eval")
         error = run_worker(command, workdir / f"keras-t{n}.log")
         if error:
-            for row in (predict, call):
-                row.fail(f"Keras worker ({n} threads) failed: {error}")
-            return [predict, call]
+            return [row.fail(f"Keras worker ({n} threads) failed: {error}") for row in rows.values()]
         result = json.loads((workdir / f"keras-t{n}.json").read_text())
-        predict.latency[str(n)] = Timing(**result["predict"])
-        call.latency[str(n)] = Timing(**result["call"])
-        if "predict_images_per_s" in result:
-            predict.images_per_s = result["predict_images_per_s"]
-            call.images_per_s = result["call_images_per_s"]
-    for row in (predict, call):
-        row.probs_file = str(workdir / "probs-keras.npy")
-    call.notes.append("same weights and probabilities as model.predict (accuracy columns repeat it)")
-    return [predict, call]
+        for name, row in rows.items():
+            row.latency[str(n)] = Timing(**result[name]["latency"])
+            row.images_per_s = result[name].get("images_per_s", row.images_per_s)
+    rows["call"].notes.append("same weights as model.predict; accuracy columns score model.predict's output")
+    rows["graph"].notes.append("tf.function with a (None, S, S, 3) float32 signature: traced once, then graph calls")
+    return list(rows.values())
 
 
 def measure_onnx(workdir: Path, threads: list[int], args) -> tuple[list[Row], dict]:
@@ -611,7 +618,10 @@ def run_worker(command: list[str], log: Path) -> str:
     """Run a worker, its output to ``log``; return '' on success, else the error's last line."""
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2")}
     with log.open("w") as fh:
-        code = subprocess.call(command, stdout=fh, stderr=subprocess.STDOUT, env=env, cwd=str(REPO))
+        try:
+            code = subprocess.call(command, stdout=fh, stderr=subprocess.STDOUT, env=env, cwd=str(REPO))
+        except OSError as exc:  # e.g. --onnx-python names no program
+            return f"cannot start {command[0]}: {exc.strerror}"
     if code == 0:
         return ""
     lines = [ln.strip() for ln in log.read_text(errors="replace").splitlines() if ln.strip()]
@@ -637,8 +647,20 @@ def score_rows(rows: list[Row], net: Network) -> None:
 
 
 def benchmark_network(args, threads: list[int], standard: bool) -> tuple[Network, list[Row], dict]:
+    """Every format of one network, in a temporary work folder (removed afterwards unless --keep)."""
     workdir = Path(tempfile.mkdtemp(prefix="edgecxr-runtimes-", dir=args.workdir))
     log(f"[{'standard' if standard else 'main'}] working in {workdir}")
+    try:
+        net, rows, onnx_info = measure_all(args, threads, standard, workdir)
+    finally:
+        if not args.keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+    if args.keep:
+        net.notes.append(f"artifacts kept in {workdir}")
+    return net, rows, onnx_info
+
+
+def measure_all(args, threads: list[int], standard: bool, workdir: Path) -> tuple[Network, list[Row], dict]:
     net = prepare_network(args, workdir, standard)
     np.save(workdir / "eval.npy", net.eval_images)
     np.save(workdir / "latency.npy", net.eval_images[:1])
@@ -654,10 +676,6 @@ def benchmark_network(args, threads: list[int], standard: bool) -> tuple[Network
     log("ONNX Runtime measured")
     rows = [*keras_rows, *tflite.values(), *onnx_rows]
     score_rows(rows, net)
-    if args.keep:
-        net.notes.append(f"artifacts kept in {workdir}")
-    else:
-        shutil.rmtree(workdir, ignore_errors=True)
     return net, rows, onnx_info
 
 
@@ -665,13 +683,15 @@ def benchmark_network(args, threads: list[int], standard: bool) -> tuple[Network
 
 
 def render(sections: list, args, threads: list[int], env: dict, onnx_info: dict, elapsed_s: float) -> str:
-    load_end = os.getloadavg()[0]
-    busy = max(env["load_start"], load_end) > 0.5
+    others = env["other_load"].cores()
+    busy = (others or 0) > 0.2 or env["load_start"] > 1.0
     lines = ["# Runtimes compared: Keras vs TFLite vs ONNX Runtime", "",
              f"Reproduce with `{env['command']}` (run {env['date']}, took {elapsed_s / 60:.1f} min).", "",
              f"- CPU: {env['cpu']}, {env['cores']}; {env['platform']}",
-             f"- load average (1 min) at start / end: {env['load_start']:.2f} / {load_end:.2f}"
-             + (" (other work was using the CPU: latencies are pessimistic)" if busy else ""),
+             f"- other load: the rest of the machine used {fmt(others, 2)} cores on average while this ran "
+             f"(load average {env['load_start']:.2f} at the start)"
+             + ("; other work was competing for the CPU, so latencies are pessimistic and noisier" if busy
+                else "; the machine was otherwise idle"),
              f"- main environment: {env['packages']}",
              f"- ONNX environment: {format_onnx_env(onnx_info)}",
              f"- batch-1 latency: one call from a preprocessed uint8 image (the output of "
@@ -684,8 +704,9 @@ def render(sections: list, args, threads: list[int], env: dict, onnx_info: dict,
         lines += render_network(net, rows, threads)
     lines += ["## How each format was run", "",
               "- Keras: the tf_keras model rebuilt from the run's config and weights, in a fresh process per "
-              "thread count (TensorFlow's intra- and inter-op threads set to N). `model.predict` is what most "
-              "users call; it builds a data pipeline on every call, so `model(x, training=False)` is shown too.",
+              "thread count (TensorFlow's intra- and inter-op threads set to N), float32 input. "
+              "`model.predict` is what most users call; it builds a data pipeline on every call, so the eager "
+              "`model(x, training=False)` and a `tf.function` graph of it are shown too.",
               "- TFLite: `edgecxr.runtime.Classifier(path, num_threads=N).predict_arrays`, i.e. the project's "
               "runtime, including the (de)quantization of uint8 input/output in numpy. float16 stores float16 "
               "weights (computed in float32 on CPU), dynamic stores int8 weights and quantizes activations at "
@@ -740,10 +761,11 @@ def headline(rows: list[Row], threads: list[int], net: Network) -> list[str]:
     header = ["int8 TFLite vs", *(f"p50 ms {n}T: other / int8 (speed-up)" for n in threads), "size: other / int8",
               "accuracy: int8 - other", "images/s: int8 / other"]
     body = []
-    for key in ("tflite-float32", "keras-predict", "keras-call", onnx.key if onnx else "onnx"):
+    for key in ("tflite-float32", *(f"keras-{name}" for name in KERAS_CALLS), onnx.key if onnx else "onnx"):
         other = by_key.get(key)
         if other is None:
-            body.append([key, *["n/a (failed)"] * (len(header) - 1)])
+            label = next((r.label for r in rows if r.key == key), "ONNX Runtime")
+            body.append([label, *["n/a (failed)"] * (len(header) - 1)])
             continue
         cells = [other.label]
         for n in threads:
@@ -755,7 +777,7 @@ def headline(rows: list[Row], threads: list[int], net: Network) -> list[str]:
         cells.append(f"{int8.images_per_s / other.images_per_s:.2f}x"
                      if other.images_per_s and int8.images_per_s else "n/a")
         body.append(cells)
-    lines = [md_table(header, body), "",
+    lines = [md_table(header, body, left=1), "",
              "Speed-up = the other format's p50 latency divided by int8's: above 1, int8 is faster."]
     if int8.agreement is not None:
         lines.append(f"int8 TFLite gives Keras's top-1 class on {int8.agreement:.1%} of the {len(net.eval_images)} "
@@ -780,11 +802,12 @@ def format_onnx_env(info: dict) -> str:
                       *(f"{k} {v}" for k, v in info.items() if k != "python")])
 
 
-def md_table(header: list[str], rows: list[list[str]]) -> str:
+def md_table(header: list[str], rows: list[list[str]], left: int = 2) -> str:
+    """A Markdown table; the first ``left`` columns (names) align left, numbers right."""
     def line(cells):
         return "| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |"
 
-    align = "| " + " | ".join([":---", ":---", *["---:"] * (len(header) - 2)]) + " |"
+    align = "| " + " | ".join([":---"] * left + ["---:"] * (len(header) - left)) + " |"
     return "\n".join([line(header), align, *(line(r) for r in rows)])
 
 
@@ -810,7 +833,37 @@ def environment(argv: list[str]) -> dict:
         "platform": f"{platform.system()} {platform.release()} {platform.machine()}",
         "packages": f"Python {platform.python_version()}, " + ", ".join(versions),
         "load_start": os.getloadavg()[0],
+        "other_load": OtherLoad(),
     }
+
+
+class OtherLoad:
+    """CPU time the rest of the machine used while this script ran, in cores (Linux /proc/stat).
+
+    A load average would count this script too; this subtracts our own and our workers' CPU time
+    (os.times), so a number near 0 means the latencies were measured on an otherwise idle machine.
+    """
+
+    def __init__(self):
+        self.start = self._snapshot()
+
+    @staticmethod
+    def _snapshot():
+        try:
+            fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+            busy_ticks = sum(int(v) for i, v in enumerate(fields[:8]) if i not in (3, 4))  # minus idle, iowait
+        except (OSError, ValueError, IndexError):
+            return None
+        t = os.times()
+        own = t.user + t.system + t.children_user + t.children_system
+        return busy_ticks / os.sysconf("SC_CLK_TCK"), own, time.monotonic()
+
+    def cores(self) -> float | None:
+        end = self._snapshot()
+        if self.start is None or end is None or end[2] <= self.start[2]:
+            return None
+        others = (end[0] - self.start[0]) - (end[1] - self.start[1])
+        return max(0.0, others / (end[2] - self.start[2]))
 
 
 def lscpu() -> dict:
