@@ -124,3 +124,68 @@ def tiny_tflite(tmp_path_factory):
         labels=labels,
         image_size=size,
     )
+
+
+# --- tiny trained run directories (export tests; reusable by any test that needs a run) --------
+
+
+@pytest.fixture(scope="session")
+def tiny_run_factory(tmp_path_factory):
+    """Make (once per variant and session) a run directory laid out as ``edgecxr train`` does.
+
+    ``make(minimalistic=False)`` returns the path of a run with config.json, splits.csv and
+    checkpoints/best.weights.h5: MobileNetV3Small from scratch at 32 px with a 16-unit head,
+    fitted for a few seconds on a synthetic manifest (two sources, so pediatric/adult groups
+    exist) until it clearly beats chance. The data set, like a user's, lives in a path with
+    spaces. Built by hand rather than with edgecxr.train so it stays fast (~15 s per variant).
+    """
+    made = {}
+
+    def make(minimalistic: bool = False):
+        if minimalistic in made:
+            return made[minimalistic]
+        import numpy as np
+        import tf_keras as keras
+        from synthetic import make_dataset
+
+        from edgecxr import data as data_mod
+        from edgecxr.config import TrainConfig
+        from edgecxr.model import build_model
+
+        root = tmp_path_factory.mktemp("tiny run")
+        manifest = make_dataset(root / "data set", per_class=16, size=32, layout="manifest")
+        run = root / ("run minimalistic" if minimalistic else "run standard")
+        cfg = TrainConfig(
+            data=str(manifest), image_size=32, weights="none", architecture="small",
+            minimalistic=minimalistic, head_width=16, dropout=0.0, epochs=15, batch_size=16,
+            learning_rate=5e-3, val_fraction=0.25, test_fraction=0.0, seed=0,
+        )
+        records = data_mod.load_records(manifest)
+        splits = data_mod.split_by_patient(records, cfg.val_fraction, cfg.test_fraction, cfg.seed)
+        run.mkdir()
+        data_mod.save_splits(run / "splits.csv", records, splits)
+        images, kept = data_mod.load_split_arrays(records, splits, "train", cfg.image_size)
+        targets = np.stack([data_mod.target_vector(r.label, cfg.class_names) for r in kept])
+
+        keras.utils.set_random_seed(cfg.seed)
+        model = build_model(cfg)
+        for layer in model.submodules:
+            # A few dozen steps: let BatchNorm's moving statistics catch up with the weights.
+            if isinstance(layer, keras.layers.BatchNormalization):
+                layer.momentum = 0.8
+        model.compile(keras.optimizers.Adam(cfg.learning_rate), "categorical_crossentropy")
+        model.fit(images.astype("float32"), targets, epochs=cfg.epochs, batch_size=cfg.batch_size,
+                  shuffle=True, verbose=0)
+        cfg.save(run / "config.json")
+        (run / "checkpoints").mkdir()
+        model.save_weights(str(run / "checkpoints" / "best.weights.h5"))
+        made[minimalistic] = run
+        return run
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tiny_run_factory):
+    """A trained standard (hard-swish, squeeze-excite) MobileNetV3Small run directory, 32 px."""
+    return tiny_run_factory(minimalistic=False)

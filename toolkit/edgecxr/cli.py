@@ -145,6 +145,40 @@ def evaluate(target, data, split, splits_file, extra_data, out, threads, as_json
 # --- export (edgecxr.export) -------------------------------------------------------------------
 
 
+@main.command()
+@click.argument("run_dir", type=click.Path())
+@click.option("--quantize", default="int8", show_default=True, type=click.Choice(["none", "float16", "dynamic", "int8"]),
+              help="none = float32; float16 weights; dynamic = int8 weights; int8 = full integer (calibrated).")
+@click.option("--io", type=click.Choice(["uint8", "int8", "float32"]),
+              help="Input/output tensor type, --quantize int8 only (default uint8).")
+@click.option("--force", is_flag=True, help="Overwrite an existing export of the same name.")
+@click.option("--max-drop", default=1.0, show_default=True, type=float,
+              help="Accuracy points the export may lose vs Keras, in total and in any subgroup.")
+@click.option("--representative", type=click.IntRange(min=1),
+              help="int8 calibration images from the training split, stratified by class and source (default 200).")
+@click.option("--keep-float", metavar="auto|auto:K|LAYER,...",
+              help="int8: keep the K (3) most damaged layers, or the named ones, in float.")
+@click.option("--qat", "qat_epochs", type=click.IntRange(min=1), metavar="EPOCHS",
+              help="int8: quantization-aware fine-tuning for EPOCHS epochs first.")
+@click.option("--data", multiple=True,
+              help="Where the run's data is now, if it moved (repeat for extra data); default: RUN_DIR/splits.csv.")
+@friendly_errors
+def export(run_dir, quantize, io, force, max_drop, representative, keep_float, qat_epochs, data):
+    """Export RUN_DIR's best checkpoint to RUN_DIR/export/<name>.tflite, checked for accuracy.
+
+    The file carries its labels and preprocessing (also in a sidecar .json), and MODEL_CARD.md is
+    written next to it. The accuracy guard compares it with the Keras model on the validation split;
+    if it loses more than --max-drop points (in total or in a subgroup) the command fails, keeps the
+    file as <name>.guard-failed.tflite and says which remedy to try.
+    """
+    from .export import export as run_export
+
+    result = run_export(run_dir, quantize, io=io, force=force, max_drop=max_drop, representative=representative,
+                        keep_float=keep_float, qat_epochs=qat_epochs, data=data)
+    click.echo(result.summary_line())
+    click.echo("next: " + "\n      ".join(result.next_commands()))
+
+
 # --- predict / bench (edgecxr.runtime, edgecxr.bench) ------------------------------------------
 
 
