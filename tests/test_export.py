@@ -207,7 +207,9 @@ def test_guard_judges_the_worst_subgroup_not_just_the_total():
     assert report.total.drop == pytest.approx(100 * 5 / 120)
     assert report.worst_subgroup.drop == pytest.approx(12.5)
     assert not report.passed  # the total (4.2 points) alone would have passed
-    assert "adult" in report.worst_subgroup.subset or "ieee8023" in report.worst_subgroup.subset
+    assert report.worst_subgroup.subset in ("class viral", "source ieee8023", "group adult")
+    viral = next(r for r in report.rows if r.subset == "class viral")
+    assert (viral.n, viral.keras, viral.tflite, viral.judged) == (40, 1.0, 0.875, True)
     assert any("87.5% of" in note for note in report.notes)
     assert "guard FAILED" in report.to_table()
 
@@ -244,7 +246,8 @@ def test_options_reject_flags_that_do_not_apply():
             ExportOptions(**kwargs).validated()
     opts = ExportOptions.for_int8(io="int8").validated()
     assert (opts.file_name, opts.representative) == ("edgecxr_int8_int8io.tflite", 200)
-    assert ExportOptions(quantize="int8", keep_float="auto").validated().keep_float == ("auto:3",)
+    assert ExportOptions(quantize="int8", keep_float="auto").validated().keep_float == ("auto",)
+    assert ExportOptions(quantize="int8", keep_float="auto:5").validated().keep_float == ("auto:5",)
 
 
 # --- remedies ---------------------------------------------------------------------------------------

@@ -157,7 +157,8 @@ def evaluate(target, data, split, splits_file, extra_data, out, threads, as_json
 @click.option("--representative", type=click.IntRange(min=1),
               help="int8 calibration images from the training split, stratified by class and source (default 200).")
 @click.option("--keep-float", metavar="auto|auto:K|LAYER,...",
-              help="int8: keep the K (3) most damaged layers, or the named ones, in float.")
+              help="int8: keep layers in float: auto = those the quantization debugger finds >= 0.7 "
+                   "quantization steps off (at most 3), auto:K = the worst K, or the named ones.")
 @click.option("--qat", "qat_epochs", type=click.IntRange(min=1), metavar="EPOCHS",
               help="int8: quantization-aware fine-tuning for EPOCHS epochs first.")
 @click.option("--data", multiple=True,

@@ -67,6 +67,9 @@ MIN_REPRESENTATIVE = 100
 # ten is a 10-point "drop" that says nothing about the quantization.
 MIN_SUBGROUP = 30
 AUTO_KEEP_FLOAT = 3
+# --keep-float auto keeps layers whose int8 error is at least this many quantization steps (the
+# cut-off the TensorFlow QuantizationDebugger guide uses), at most AUTO_KEEP_FLOAT and at least one.
+AUTO_THRESHOLD = 0.7
 # QAT fine-tunes at this fraction of the run's learning rate: it should nudge weights towards
 # int8-friendly values, not retrain the model.
 QAT_LR_FACTOR = 0.01
@@ -199,7 +202,7 @@ class ExportOptions:
 
 
 def _parse_keep_float(value) -> tuple[str, ...] | None:
-    """``"auto"`` -> ("auto:3",), ``"auto:5"`` -> ("auto:5",), ``"a,b"`` -> ("a", "b")."""
+    """``"auto"`` -> ("auto",), ``"auto:5"`` -> ("auto:5",), ``"a,b"`` -> ("a", "b")."""
     if not value:
         return None
     items = [v.strip() for v in (value.split(",") if isinstance(value, str) else value) if v.strip()]
@@ -209,7 +212,7 @@ def _parse_keep_float(value) -> tuple[str, ...] | None:
         _, _, k = items[0].partition(":")
         if len(items) > 1 or (k and not k.isdigit()) or k == "0":
             raise EdgeCXRError(f"--keep-float takes auto, auto:K (K >= 1) or layer names, not {value!r}")
-        return (f"auto:{int(k) if k else AUTO_KEEP_FLOAT}",)
+        return (f"auto:{int(k)}",) if k else ("auto",)
     return tuple(items)
 
 
@@ -384,7 +387,7 @@ def export(run_dir: str | Path, quant: str | ExportOptions = "int8", *,
         failed = out_path.with_name(opts.stem + FAILED_SUFFIX + ".tflite")
         _write_model(failed, tflite, replace(spec, name=failed.stem))
         raise GuardError(f"{opts.file_name} lost too much accuracy ({_guard_reason(guard)}); kept for "
-                         f"inspection as {failed}; {remedy(opts, cfg)}")
+                         f"inspection as {failed}; {remedy(opts, cfg, notes)}")
 
     _write_model(out_path, tflite, spec)
     out_path.with_name(opts.stem + FAILED_SUFFIX + ".tflite").unlink(missing_ok=True)
@@ -421,15 +424,15 @@ def _guard_reason(guard: GuardReport) -> str:
     return ", ".join(parts) + f"; allowed {guard.max_drop:g}"
 
 
-def remedy(opts: ExportOptions, cfg) -> str:
+def remedy(opts: ExportOptions, cfg, notes: dict | None = None) -> str:
     """The next thing to try after a failed guard, for this mode and what was already tried."""
     if opts.quantize == "int8":
         tips = []
         if not opts.keep_float:
             tips.append("--keep-float auto (keeps the most damaged layers in float)")
         elif opts.keep_float[0].startswith("auto"):
-            k = int(opts.keep_float[0].split(":")[1])
-            tips.append(f"--keep-float auto:{2 * k} (keep more layers in float)")
+            kept = len((notes or {}).get("keep_float", {}).get("layers", [])) or 1
+            tips.append(f"--keep-float auto:{max(3, 2 * kept)} (keep more layers in float)")
         if not opts.qat_epochs:
             scope = "whole model" if cfg.minimalistic else "head only; the minimalistic model allows whole-model QAT"
             tips.append(f"--qat 3 (quantization-aware fine-tuning, {scope})")
@@ -830,9 +833,11 @@ def _io_layers(debugger, layers: list[LayerError]) -> set[str]:
 
 def _choose_layers(layers: list[LayerError], keep: tuple[str, ...], edges: set[str], io: str) -> list[LayerError]:
     if keep[0].startswith("auto"):
-        k = int(keep[0].split(":")[1])
         ranked = sorted((l for l in layers if l.name not in edges), key=lambda l: -l.rmse_per_scale)
-        return ranked[:k]
+        if ":" in keep[0]:
+            return ranked[:int(keep[0].split(":")[1])]
+        bad = [l for l in ranked if l.rmse_per_scale >= AUTO_THRESHOLD][:AUTO_KEEP_FLOAT]
+        return bad or ranked[:1]
     chosen = []
     for wanted in keep:
         hits = ([l for l in layers if wanted in (l.name, l.short)]
@@ -970,22 +975,39 @@ def _unsupported_layers(flat, tfmot, keras) -> Counter:
                    if not isinstance(layer, handled) and not registry.supports(layer))
 
 
+_OUTPUT_ONLY_CONFIG = None
+
+
 def _output_only_config(tfmot):
-    """A QuantizeConfig that fake-quantizes only a layer's output (for weightless Rescaling)."""
+    """A QuantizeConfig that fake-quantizes only a layer's output (for weightless Rescaling).
+
+    Made once per process, with its methods kept out of AutoGraph: they hold no tensor logic, and
+    AutoGraph would re-read their source from the file on disk when training is traced.
+    """
+    global _OUTPUT_ONLY_CONFIG
+    if _OUTPUT_ONLY_CONFIG is not None:
+        return _OUTPUT_ONLY_CONFIG
+    tf = _tf()
+    plain = tf.autograph.experimental.do_not_convert
 
     class OutputOnlyQuantizeConfig(tfmot.quantization.keras.QuantizeConfig):
+        @plain
         def get_weights_and_quantizers(self, layer):
             return []
 
+        @plain
         def get_activations_and_quantizers(self, layer):
             return []
 
+        @plain
         def set_quantize_weights(self, layer, quantize_weights):
             pass
 
+        @plain
         def set_quantize_activations(self, layer, quantize_activations):
             pass
 
+        @plain
         def get_output_quantizers(self, layer):
             return [tfmot.quantization.keras.quantizers.MovingAverageQuantizer(
                 num_bits=8, per_axis=False, symmetric=False, narrow_range=False)]
@@ -993,6 +1015,7 @@ def _output_only_config(tfmot):
         def get_config(self):
             return {}
 
+    _OUTPUT_ONLY_CONFIG = OutputOnlyQuantizeConfig
     return OutputOnlyQuantizeConfig
 
 
@@ -1079,6 +1102,15 @@ def guard_report(p_keras, p_tflite, records, class_names, *, model: str, max_dro
     if n == 0:
         raise DataError("no validation image has a usable label: the accuracy guard has nothing to compare")
     rows = [GuardRow("all", n, k_ok / n, t_ok / n, agree_source["agreement"]["value"], total_sens, True)]
+    # A class is a subgroup too: its accuracy is its sensitivity. Naive int8 can trade one class's
+    # sensitivity for another's and leave the total accuracy unchanged.
+    agree_label = metrics_mod.agreement(p_keras, p_tflite, groups=partial)
+    for c in class_names:
+        k, t = total_sens[c]
+        support = mk["per_class"][c]["support"]
+        if support:
+            rows.append(GuardRow(f"class {c}", support, k, t, agree_label["by_group"][c]["value"], {},
+                                 support >= MIN_SUBGROUP))
     for key, title, agree in (("by_source", "source", agree_source), ("by_group", "group", agree_group)):
         for value, kb in mk[key].items():
             tb = mt[key][value]
