@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Regenerate the shipped model in models/ from ../shared/data/cxr with a fixed seed.
+#
+#   bash benchmarks/ship_model.sh            # train (about 60 min on 2 cores), export, evaluate, copy
+#   RUN=runs/long bash benchmarks/ship_model.sh   # reuse a finished run
+#
+# The recipe is benchmarks/recipes/shipped_long.json; benchmarks/SHIPPED_MODEL.md records the runs
+# that led to it. The test split is scored once, after the choice was made on the validation split.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+RUN=${RUN:-runs/long}
+RECIPE=${RECIPE:-benchmarks/recipes/shipped_long.json}
+DATA=../shared/data/cxr
+EXTRA=../shared/data/cxr_adult_pneumonia
+
+if [ ! -f "$RUN/metrics.json" ]; then
+  edgecxr train --config "$RECIPE" --out "$RUN"
+fi
+# float32 twin, and the int8 model with the quantization-sensitive layers kept in float
+edgecxr export "$RUN" --quantize none --force
+edgecxr export "$RUN" --quantize int8 --io uint8 --keep-float auto --force ${INT8_FLAGS:-}
+
+for model in edgecxr_float32 edgecxr_int8_uint8io; do
+  edgecxr evaluate "$RUN/export/$model.tflite" --data "$DATA" --extra-data "$EXTRA" \
+    --splits "$RUN/splits.csv" --split test --out "$RUN/export/test-$model" --threads 1
+done
+
+mkdir -p models
+cp "$RUN/export/edgecxr_int8_uint8io.tflite" models/edgecxr_int8.tflite
+cp "$RUN/export/edgecxr_int8_uint8io.json" models/edgecxr_int8.json
+cp "$RUN/export/edgecxr_float32.tflite" models/edgecxr_float32.tflite
+cp "$RUN/export/edgecxr_float32.json" models/edgecxr_float32.json
+echo "copied to models/; update models/MODEL_CARD.md from $RUN/export/MODEL_CARD.md and $RUN/export/test-*/report.md"
