@@ -9,10 +9,22 @@ from pathlib import Path
 from .errors import OutputExistsError
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _usual_mode(tmp: str) -> None:
+    """mkstemp creates 0600 files; give artifacts the mode a plain open() would."""
+    os.chmod(tmp, 0o666 & ~_umask())
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    _usual_mode(tmp)
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
@@ -40,6 +52,7 @@ def atomic_temp_path(path: str | Path) -> Path:
     suffix = "".join(path.suffixes[-2:])
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name[: len(path.name) - len(suffix)]}.", suffix=suffix, dir=path.parent)
     os.close(fd)
+    _usual_mode(tmp)
     return Path(tmp)
 
 
