@@ -25,6 +25,7 @@ from edgecxr.export import (
     ExportOptions,
     delegation_summary,
     export,
+    fold_head_batchnorm,
     guard_report,
     load_model,
     representative_sample,
@@ -152,6 +153,17 @@ def test_hard_swish_rewrite_keeps_the_function(exported, run):
     assert kinds != [type(layer).__name__ for layer in exported.model.get_layer(index=1).layers]
     probs = rewritten(exported.images.astype(np.float32), training=False).numpy()
     np.testing.assert_allclose(probs, exported.keras_probs, atol=1e-5)
+
+
+def test_head_batchnorm_folds_through_relu_exactly(exported):
+    folded = fold_head_batchnorm(exported.model)
+    assert "head_bn" not in [layer.name for layer in folded.layers]
+    probs = folded(exported.images.astype(np.float32), training=False).numpy()
+    np.testing.assert_allclose(probs, exported.keras_probs, atol=1e-5)
+    # the BatchNorm scale went into the first Dense; the last keeps its weights up to sign
+    before = exported.model.get_layer("probabilities").get_weights()[0]
+    after = folded.get_layer("probabilities").get_weights()[0]
+    np.testing.assert_allclose(np.abs(after), np.abs(before), rtol=1e-6)
 
 
 def test_model_card_reports_data_metrics_and_limits(exported, run):
