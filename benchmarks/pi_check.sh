@@ -589,8 +589,9 @@ def bench_rows(path):
 x86b, armb = bench_rows(run / "bench-x86.json"), bench_rows(run / "bench-arm64.json")
 L += ["## Bench (emulated: latency meaningless)", "",
       "`edgecxr bench MODELS --data bench-data --threads 1,4 --runs 20 --warmup 3 --json` on a synthetic "
-      "labelled set (16 images). Accuracy must be equal; latency is shown only to prove the benchmark runs "
-      "and to show how far emulation is from anything real.", "",
+      "labelled set (16 images). The accuracy on these synthetic images says nothing about a model trained "
+      "on radiographs; it only has to be the same on both machines. Latency is shown only to prove the "
+      "benchmark runs and how far emulation is from anything real.", "",
       "| model | threads | arm64 status | accuracy x86 | accuracy arm64 | p50 ms x86 (real) | p50 ms arm64 (**emulated, meaningless**) | XNNPACK arm64 | peak RSS MB arm64 |",
       "|---|---|---|---|---|---|---|---|---|"]
 bench_ok = bool(armb)
@@ -625,7 +626,7 @@ else:
         L += [f"Headless start (`SDL_VIDEODRIVER=offscreen`, Mesa llvmpipe, 800x480 = the Pi 7\" touchscreen) "
               f"through `mobile_app/edgecxr_app/autopilot.py`: completed **{result.get('completed')}**, "
               f"TensorFlow imported: {result.get('tensorflow_imported')}.", "",
-              f"- shown: **{state.get('result_label')}** {state.get('result_confidence')} for `{state.get('image_name')}`; "
+              f"- shown: **{state.get('result_label')}** {float(state.get('result_confidence') or 0):.1%} for `{state.get('image_name')}`; "
               f"model line: {state.get('model_details')}; timing: {state.get('timing')}",
               f"- screenshot: {', '.join(s['path'] + ' ' + 'x'.join(map(str, s['size'])) for s in result.get('screenshots', [])) or 'none'} "
               f"(kept in the run directory outside the repository)", ""]
