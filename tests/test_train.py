@@ -156,3 +156,20 @@ def test_mirrored_strategy_trains_on_two_logical_cpus(easy_data, tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "training on 2 replica(s) with MirroredStrategy" in proc.stderr
     assert (tmp_path / "mirrored" / "checkpoints" / "best.weights.h5").is_file()
+
+
+def test_evaluate_a_run_reproduces_its_validation_metrics(trained_run, tmp_path):
+    out = tmp_path / "eval out"
+    result = CliRunner().invoke(main, ["evaluate", str(trained_run), "--split", "val", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith("accuracy ")
+    evaluated = json.loads((out / "metrics.json").read_text())
+    trained = json.loads((trained_run / "metrics.json").read_text())
+    assert evaluated["accuracy"]["k"] == trained["accuracy"]["k"]
+    assert evaluated["accuracy"]["n"] == trained["accuracy"]["n"]
+    assert (out / "report.md").is_file() and (out / "confusion_matrix.png").is_file()
+
+
+def test_evaluate_names_a_wrong_target(tmp_path):
+    result = CliRunner().invoke(main, ["evaluate", str(tmp_path / "nothing here"), "--split", "val"])
+    assert result.exit_code == 1 and result.output.startswith("error:") and "Traceback" not in result.output
