@@ -84,6 +84,7 @@ def default_model_path() -> Path:
 
 def interpreter_backend():
     """Return ``(Interpreter class, backend name, version)``, preferring the TensorFlow-free ones."""
+    import importlib
     from importlib import metadata
 
     try:
@@ -99,8 +100,9 @@ def interpreter_backend():
     except ImportError:
         pass
     try:
-        # Last resort only: pulls in all of TensorFlow (seconds to import, hundreds of MB).
-        import tensorflow as tf
+        # Last resort only: pulls in all of TensorFlow (seconds to import, hundreds of MB), so it is
+        # imported by name here and never on the normal runtime path.
+        tf = importlib.import_module("tensorflow")
 
         return tf.lite.Interpreter, "tensorflow.lite", tf.__version__
     except ImportError:
