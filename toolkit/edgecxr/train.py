@@ -362,7 +362,8 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False, force: bo
 
 
 class EpochTimer:
-    """Adds seconds per epoch and training images/s to the logs (and so to history.csv)."""
+    """Adds seconds per epoch to the logs (and so to history.csv); built lazily because the
+    Keras callback base class lives in tf_keras, which this module does not import at load time."""
 
     def __new__(cls, keras):
         class _Timer(keras.callbacks.Callback):
