@@ -10,6 +10,8 @@ batched throughput.
     python benchmarks/compare_runtimes.py                       # runs/shipped if trained, else --random
     python benchmarks/compare_runtimes.py --run runs/shipped --limit 300 --force
     python benchmarks/compare_runtimes.py --random --standard   # latency only, plus the hard-swish variant
+    python benchmarks/compare_runtimes.py --run runs/long --run runs/std --limit 0 \
+        --tflite runs/long/export/edgecxr_int8_uint8io.tflite      # two trained runs + an exported file
 
 Writes ``benchmarks/RUNTIMES.md`` (``--out``; an existing file needs ``--force``) and prints it.
 
@@ -276,12 +278,12 @@ def worker_main(args) -> int:
 # --- the driver: prepare the network, convert, measure, write the table ------------------------
 
 
-def prepare_network(args, workdir: Path, standard: bool) -> Network:
-    """Load the trained run (val images, train images for calibration) or build the recipe at random."""
+def prepare_network(args, workdir: Path, run: str | None, standard: bool) -> Network:
+    """Load a trained run (val images, train images for calibration) or build the recipe at random."""
     from edgecxr.config import TrainConfig
 
-    if args.run and not standard:
-        return prepare_run(Path(args.run), args, workdir)
+    if run:
+        return prepare_run(Path(run), args, workdir)
     recipe = json.loads(RECIPE.read_text())
     recipe["weights"] = "none"
     if standard:
@@ -439,6 +441,26 @@ def convert_tflite(net: Network, workdir: Path, args) -> tuple[dict, str]:
         row.notes.insert(0, f"converted in {time.perf_counter() - t0:.1f} s")
         rows[quant] = row
     return rows, route
+
+
+def exported_rows(paths: list[str], run: str | None, only_run: bool) -> dict:
+    """Rows for ``.tflite`` files made beforehand (e.g. by `edgecxr export --qat`) that belong to
+    this run: a file inside the run directory, or any file when only one run is measured."""
+    rows = {}
+    for text in paths:
+        path = Path(text)
+        inside = run is not None and path.resolve().is_relative_to(Path(run).resolve())
+        if run is None or not (inside or only_run):
+            continue
+        row = Row(key=f"file-{path.name}", label=f"TFLite file {path.name}", runtime="tflite")
+        if not path.is_file():
+            rows[row.key] = row.fail(f"{path} not found")
+            continue
+        row.file, row.size_mb = str(path), path.stat().st_size / 1e6
+        row.notes.append(f"exported beforehand: {path}")
+        rows[row.key] = row
+    return rows
+
 
 
 def find_export():
@@ -646,12 +668,13 @@ def score_rows(rows: list[Row], net: Network) -> None:
             row.max_abs_dp = float(np.abs(probs - reference).max())
 
 
-def benchmark_network(args, threads: list[int], standard: bool) -> tuple[Network, list[Row], dict]:
+def benchmark_network(args, threads: list[int], run: str | None,
+                      standard: bool) -> tuple[Network, list[Row], dict]:
     """Every format of one network, in a temporary work folder (removed afterwards unless --keep)."""
     workdir = Path(tempfile.mkdtemp(prefix="edgecxr-runtimes-", dir=args.workdir))
-    log(f"[{'standard' if standard else 'main'}] working in {workdir}")
+    log(f"[{run or ('random standard' if standard else 'random')}] working in {workdir}")
     try:
-        net, rows, onnx_info = measure_all(args, threads, standard, workdir)
+        net, rows, onnx_info = measure_all(args, threads, run, standard, workdir)
     finally:
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
@@ -660,12 +683,14 @@ def benchmark_network(args, threads: list[int], standard: bool) -> tuple[Network
     return net, rows, onnx_info
 
 
-def measure_all(args, threads: list[int], standard: bool, workdir: Path) -> tuple[Network, list[Row], dict]:
-    net = prepare_network(args, workdir, standard)
+def measure_all(args, threads: list[int], run: str | None, standard: bool,
+                workdir: Path) -> tuple[Network, list[Row], dict]:
+    net = prepare_network(args, workdir, run, standard)
     np.save(workdir / "eval.npy", net.eval_images)
     np.save(workdir / "latency.npy", net.eval_images[:1])
     log(f"network: {net.title}; {len(net.eval_images)} eval images")
     tflite, route = convert_tflite(net, workdir, args)
+    tflite.update(exported_rows(args.tflite, run, only_run=len(args.run) == 1))
     net.notes.append(f"TFLite conversion: {route}; int8 calibration: {net.calib_note}")
     log("converted TFLite: " + ", ".join(f"{k} {r.status}" for k, r in tflite.items()))
     keras_rows = measure_keras(net, workdir, threads, args)
@@ -700,6 +725,7 @@ def render(sections: list, args, threads: list[int], env: dict, onnx_info: dict,
              f"- images/s: {THROUGHPUT_BATCHES} batches of {THROUGHPUT_BATCH} after one warm-up batch, "
              f"{max(threads)} threads",
              ""]
+    lines += tflite_summary(sections, threads)
     for net, rows in sections:
         lines += render_network(net, rows, threads)
     lines += ["## How each format was run", "",
@@ -718,6 +744,37 @@ def render(sections: list, args, threads: list[int], env: dict, onnx_info: dict,
               "Keras's; max |dp| = largest probability difference from Keras over those images.",
               ""]
     return "\n".join(lines)
+
+
+def tflite_summary(sections: list, threads: list[int]) -> list[str]:
+    """Every TFLite file of every network in one table: the export decision in one place."""
+    header = ["network", "TFLite", "size MB", "val accuracy", "vs Keras (points)", "agreement",
+              *(f"p50 ms {n}T" for n in threads), *(f"speed-up vs float32 {n}T" for n in threads)]
+    body = []
+    for net, rows in sections:
+        keras = next((r for r in rows if r.key.startswith("keras-") and r.accuracy is not None), None)
+        base = next((r for r in rows if r.key == "tflite-float32" and r.status == "ok"), None)
+        for r in rows:
+            if not r.key.startswith(("tflite-", "file-")):
+                continue
+            name = r.label.replace("TFLite ", "")
+            if r.status != "ok":
+                body.append([net.title, name, fmt(r.size_mb, 2), *["failed"] * (len(header) - 3)])
+                continue
+            drop = "n/a" if r.accuracy is None or keras is None else f"{100 * (r.accuracy - keras.accuracy):+.1f}"
+            speed = []
+            for n in threads:
+                mine, ref = r.latency.get(str(n)), base and base.latency.get(str(n))
+                speed.append(f"{ref.p50_ms / mine.p50_ms:.2f}x" if mine and ref else "n/a")
+            body.append([net.title, name, fmt(r.size_mb, 2),
+                         "n/a" if r.accuracy is None else f"{r.accuracy:.3f}", drop,
+                         "n/a" if r.agreement is None else f"{r.agreement:.1%}",
+                         *(fmt(r.latency.get(str(n)) and r.latency[str(n)].p50_ms, 2) for n in threads), *speed])
+    if not body:
+        return []
+    return ["## TFLite side by side", "", md_table(header, body, left=2), "",
+            "Speed-up = float32 p50 / this file's p50 for the same network (above 1: faster than float32). "
+            "vs Keras = this file's val accuracy minus the Keras model's on the same images.", ""]
 
 
 def render_network(net: Network, rows: list[Row], threads: list[int]) -> list[str]:
@@ -888,6 +945,13 @@ def core_count(info: dict) -> str:
         return f"{os.cpu_count()} CPUs"
 
 
+def trained_standard(run: str) -> bool:
+    try:
+        return not json.loads((Path(run) / "config.json").read_text()).get("minimalistic", True)
+    except (OSError, ValueError):
+        return False
+
+
 def parse_threads(text: str) -> list[int]:
     try:
         threads = sorted({int(t) for t in text.split(",") if t.strip()})
@@ -919,11 +983,17 @@ def parse_args(argv: list[str]):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     src = p.add_mutually_exclusive_group()
-    src.add_argument("--run", help="a trained run directory (default: runs/shipped when it has a checkpoint)")
+    src.add_argument("--run", action="append", default=[],
+                     help="a trained run directory; repeat to compare runs in one report "
+                          "(default: runs/shipped when it has a checkpoint)")
     src.add_argument("--random", action="store_true",
                      help="build the shipped recipe with weights=none: latency only, accuracy n/a")
     p.add_argument("--standard", action="store_true",
-                   help="also measure the standard (hard-swish, SE) variant of the recipe, random weights")
+                   help="also measure the standard (hard-swish, SE) variant of the recipe with random "
+                        "weights, unless a --run already is one")
+    p.add_argument("--tflite", action="append", default=[],
+                   help="an exported .tflite to measure as one more row of the run whose directory holds it "
+                        "(of the only run, when there is one)")
     p.add_argument("--limit", type=int, default=300, help="validation images to score (seeded sample; 0 = all)")
     p.add_argument("--calib", type=int, default=200, help="train images for int8 calibration (--run)")
     p.add_argument("--threads", default="1,2", help="thread counts, comma-separated (default 1,2)")
@@ -957,16 +1027,17 @@ def main(argv: list[str] | None = None) -> int:
     try:
         refuse_overwrite(args.out, args.force)
         if not args.random and not args.run and (DEFAULT_RUN / "checkpoints" / "best.weights.h5").is_file():
-            args.run = str(DEFAULT_RUN.relative_to(Path.cwd()) if DEFAULT_RUN.is_relative_to(Path.cwd())
-                           else DEFAULT_RUN)
-        log(f"network: {'run ' + args.run if args.run else 'random weights (shipped recipe)'}")
+            args.run = [str(DEFAULT_RUN.relative_to(Path.cwd()) if DEFAULT_RUN.is_relative_to(Path.cwd())
+                            else DEFAULT_RUN)]
+        log(f"networks: {', '.join(args.run) if args.run else 'random weights (shipped recipe)'}")
         env = environment(argv)
         sections, onnx_info = [], {}
-        variants = [False, True] if args.standard else [False]
-        if args.standard and args.run:
-            log("--standard: the standard variant has no trained run; it is measured with random weights")
-        for standard in variants:
-            net, rows, info = benchmark_network(args, threads, standard)
+        targets = [(run, False) for run in args.run] or [(None, False)]
+        if args.standard and not any(trained_standard(run) for run in args.run):
+            log("--standard: no --run is the standard variant; it is measured with random weights")
+            targets.append((None, True))
+        for run, standard in targets:
+            net, rows, info = benchmark_network(args, threads, run, standard)
             sections.append((net, rows))
             onnx_info = onnx_info or info
     except EdgeCXRError as exc:

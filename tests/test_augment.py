@@ -1,0 +1,80 @@
+"""Training augmentation: one affine warp per image, within the configured ranges, reproducible."""
+
+import numpy as np
+import pytest
+
+tf = pytest.importorskip("tensorflow")
+
+from edgecxr.config import TrainConfig
+from edgecxr.train import augmenter
+
+OFF = dict(flip=False, rotation_deg=0.0, zoom=0.0, shift=0.0, brightness=0.0, contrast=0.0)
+
+
+def asymmetric(n=64, size=32):
+    """Bright left half, a dot top-left: any flip or shift shows."""
+    img = np.zeros((size, size, 3), np.uint8)
+    img[:, : size // 2] = 120
+    img[4:8, 4:8] = 255
+    return np.repeat(img[None], n, axis=0)
+
+
+def run(cfg, images, step=0):
+    return augmenter(cfg, tf)(tf.constant(images), step).numpy()
+
+
+def test_all_off_is_identity():
+    images = asymmetric()
+    np.testing.assert_allclose(run(TrainConfig(**OFF), images), images.astype(np.float32), atol=1e-3)
+
+
+def test_flip_mirrors_about_half_of_the_images():
+    images = asymmetric()
+    out = run(TrainConfig(**{**OFF, "flip": True}), images)
+    same = [np.allclose(o, images[0], atol=1e-3) for o in out]
+    mirrored = [np.allclose(o, images[0][:, ::-1], atol=1e-3) for o in out]
+    assert all(s or m for s, m in zip(same, mirrored))
+    assert 10 < sum(mirrored) < 54
+
+
+def centroid(img):
+    ys, xs = np.nonzero(img[..., 0] > 128)
+    return ys.mean(), xs.mean()
+
+
+def test_shift_moves_within_the_range():
+    size, shift = 64, 0.1
+    img = np.zeros((size, size, 3), np.uint8)
+    img[30:34, 30:34] = 255
+    images = np.repeat(img[None], 32, axis=0)
+    out = run(TrainConfig(**{**OFF, "shift": shift}), images)
+    moves = np.array([np.subtract(centroid(o), centroid(img)) for o in out])
+    assert np.abs(moves).max() <= shift * size + 1
+    assert np.abs(moves[:, 0]).max() > 2 and np.abs(moves[:, 1]).max() > 2  # both axes, independently
+    assert not np.allclose(moves[:, 0], moves[:, 1])
+
+
+def test_rotation_and_zoom_keep_the_centre_and_stay_in_range():
+    size = 64
+    img = np.zeros((size, size, 3), np.uint8)
+    img[8:12, 30:34] = 255  # a dot straight above the centre
+    images = np.repeat(img[None], 32, axis=0)
+    out = run(TrainConfig(**{**OFF, "rotation_deg": 10.0, "zoom": 0.15}), images)
+    centre = (size - 1) / 2
+    angles, radii = [], []
+    for o in out:
+        y, x = centroid(o)
+        angles.append(np.degrees(np.arctan2(x - centre, centre - y)))
+        radii.append(np.hypot(x - centre, y - centre))
+    r0 = np.hypot(*np.subtract(centroid(img), centre))
+    assert max(np.abs(angles)) <= 11 and max(np.abs(angles)) > 3
+    assert all(r0 / 1.15 - 1 <= r <= r0 / 0.85 + 1 for r in radii)
+
+
+def test_same_step_same_images_other_step_others():
+    cfg = TrainConfig()
+    images = asymmetric(8)
+    np.testing.assert_array_equal(run(cfg, images, 5), run(cfg, images, 5))
+    assert not np.allclose(run(cfg, images, 5), run(cfg, images, 6))
+    out = run(cfg, images, 5)
+    assert out.min() >= 0 and out.max() <= 255
