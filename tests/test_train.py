@@ -173,3 +173,14 @@ def test_evaluate_a_run_reproduces_its_validation_metrics(trained_run, tmp_path)
 def test_evaluate_names_a_wrong_target(tmp_path):
     result = CliRunner().invoke(main, ["evaluate", str(tmp_path / "nothing here"), "--split", "val"])
     assert result.exit_code == 1 and result.output.startswith("error:") and "Traceback" not in result.output
+
+
+def test_split_seed_keeps_the_split_while_the_seed_changes(easy_data, tmp_path):
+    def split_of(**settings):
+        run = tmp_path / f"run {len(list(tmp_path.iterdir()))}"
+        run.mkdir()
+        _, splits = train_mod.prepare_splits(TrainConfig(data=str(easy_data), **{**EASY, **settings}), run)
+        return splits
+
+    assert split_of(seed=1, split_seed=7) == split_of(seed=2, split_seed=7) == split_of(seed=7)
+    assert split_of(seed=1) != split_of(seed=7)

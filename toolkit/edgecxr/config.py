@@ -22,6 +22,7 @@ class TrainConfig:
     splits_file: str = ""  # a user-supplied splits.csv (file,split); empty = make one
     val_fraction: float = 0.15
     test_fraction: float = 0.15
+    split_seed: int = -1  # seed of the patient split; -1 = `seed`, so seeds can vary on one split
     class_names: list[str] = field(default_factory=lambda: list(CLASS_NAMES))
     equalize: bool = False  # histogram-equalize every image (training and deployment alike)
     # model

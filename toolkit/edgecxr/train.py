@@ -54,7 +54,8 @@ def prepare_splits(cfg: TrainConfig, run_dir: Path):
     elif (run_dir / "splits.csv").is_file():
         splits = data_mod.load_splits(run_dir / "splits.csv", records)
     else:
-        splits = data_mod.split_by_patient(records, cfg.val_fraction, cfg.test_fraction, cfg.seed)
+        split_seed = cfg.seed if cfg.split_seed < 0 else cfg.split_seed
+        splits = data_mod.split_by_patient(records, cfg.val_fraction, cfg.test_fraction, split_seed)
     data_mod.check_leakage(records, splits)
     data_mod.save_splits(run_dir / "splits.csv", records, splits)
     return records, splits
