@@ -19,6 +19,7 @@ from edgecxr import train as train_mod
 from edgecxr.cli import main
 from edgecxr.config import TrainConfig
 from edgecxr.data import Record
+from edgecxr.evaluate import read_predictions
 from synthetic import make_dataset
 
 # Small enough for CI, large enough that MobileNetV3 from scratch learns the blob positions.
@@ -168,6 +169,13 @@ def test_evaluate_a_run_reproduces_its_validation_metrics(trained_run, tmp_path)
     assert evaluated["accuracy"]["k"] == trained["accuracy"]["k"]
     assert evaluated["accuracy"]["n"] == trained["accuracy"]["n"]
     assert (out / "report.md").is_file() and (out / "confusion_matrix.png").is_file()
+    records, probs = read_predictions(out / "predictions.csv", ["normal", "covid19", "bacterial", "viral"])
+    assert len({r.file for r in records}) == len(records) == evaluated["evaluated"]["images"]
+    np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-4)
+    index = {"normal": 0, "covid19": 1, "bacterial": 2, "viral": 3}
+    with open(out / "predictions.csv") as fh:
+        labels = [index[row["label"]] for row in csv.DictReader(fh)]
+    assert int((probs.argmax(1) == np.array(labels)).sum()) == evaluated["accuracy"]["k"]
 
 
 def test_evaluate_names_a_wrong_target(tmp_path):

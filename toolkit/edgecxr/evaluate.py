@@ -6,6 +6,8 @@ numpy-only ``metrics.evaluate_predictions``, so a Keras number and a TFLite numb
 
 from __future__ import annotations
 
+import csv
+import io
 import sys
 from pathlib import Path
 
@@ -98,4 +100,36 @@ def evaluate(target: str | Path, data: str | None = None, split: str = "test",
     metrics["evaluated"] = {"target": str(target), "data": str(data), "split": split, "images": len(kept)}
     out_dir = Path(out) if out else default_out
     report.write_evaluation(metrics, out_dir, title=f"{target.name} on {Path(data).name} ({split})")
+    write_predictions(out_dir / "predictions.csv", kept, probs, class_names)
     return metrics, out_dir
+
+
+def write_predictions(path: Path, records, probs, class_names) -> None:
+    """One row per image: what it is, what the model said, with every class probability.
+
+    Metrics say how often a model is wrong; this file says on which images, which is where error
+    analysis starts, and it lets runs be compared or averaged without running the models again.
+    """
+    from .io import atomic_write_text
+
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["file", "label", "source", "group", "patient_id", "predicted",
+                     *(f"p_{name}" for name in class_names)])
+    for record, p in zip(records, probs):
+        writer.writerow([record.file, record.label, record.source, record.group, record.patient_id,
+                         class_names[int(np.argmax(p))], *(f"{float(v):.6f}" for v in p)])
+    atomic_write_text(path, buf.getvalue())
+
+
+def read_predictions(path: str | Path, class_names) -> tuple[list, np.ndarray]:
+    """Records and probabilities back from a predictions.csv (in ``class_names`` order)."""
+    with open(path, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    missing = [n for n in class_names if f"p_{n}" not in (rows[0] if rows else {})]
+    if not rows or missing:
+        raise DataError(f"{path}: not a predictions.csv with columns p_{', p_'.join(class_names)}")
+    records = [data_mod.Record(file=r["file"], label=r["label"], patient_id=r["patient_id"],
+                               source=r["source"], group=r["group"]) for r in rows]
+    probs = np.array([[float(r[f"p_{n}"]) for n in class_names] for r in rows], dtype=np.float64)
+    return records, probs
