@@ -365,6 +365,20 @@ def test_cli_guard_failure_exits_non_zero_with_remedy(exported, run):
     assert (run / "export" / "edgecxr_dynamic.tflite").is_file()  # the earlier passing export stays
 
 
+def test_remedy_follows_what_was_tried_and_the_variant():
+    from types import SimpleNamespace
+
+    from edgecxr.export import ExportOptions, remedy
+
+    minimal, standard = SimpleNamespace(minimalistic=True), SimpleNamespace(minimalistic=False)
+    first = remedy(ExportOptions(quantize="int8").validated(), minimal)
+    assert "--keep-float auto " in first and "--qat 3 (quantization-aware fine-tuning, whole model)" in first
+    assert "--minimalistic" not in first
+    after_qat = remedy(ExportOptions(quantize="int8", qat_epochs=2).validated(), standard)
+    assert "--qat 4" in after_qat and "--minimalistic" in after_qat
+    assert remedy(ExportOptions(quantize="float16").validated(), minimal) == "try --quantize none (float32)"
+
+
 def test_run_model_errors_are_model_file_errors(tmp_path):
     with pytest.raises(ModelFileError):
         export(tmp_path / "missing", "none", **QUIET)

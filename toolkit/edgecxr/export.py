@@ -441,6 +441,10 @@ def remedy(opts: ExportOptions, cfg, notes: dict | None = None) -> str:
         else:
             tips.append(f"--qat {2 * opts.qat_epochs} (more fine-tuning)")
         tips.append("--quantize float16")
+        if not cfg.minimalistic:
+            # measured: the standard model's int8 was slower than float and lost adult normals
+            tips.append("retraining with --minimalistic (its int8 is faster and keeps accuracy: "
+                        "benchmarks/RUNTIMES.md)")
         return "try " + ", or ".join(tips)
     if opts.quantize == "dynamic":
         return "try --quantize float16, or --quantize int8 --qat 3"
