@@ -16,6 +16,7 @@ import numpy as np
 from . import data as data_mod
 from . import metrics as metrics_mod
 from .errors import DataError, ModelFileError
+from .io import atomic_write_text
 
 
 def _log(msg: str) -> None:
@@ -110,8 +111,6 @@ def write_predictions(path: Path, records, probs, class_names) -> None:
     Metrics say how often a model is wrong; this file says on which images, which is where error
     analysis starts, and it lets runs be compared or averaged without running the models again.
     """
-    from .io import atomic_write_text
-
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(["file", "label", "source", "group", "patient_id", "predicted",

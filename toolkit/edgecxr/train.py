@@ -123,7 +123,7 @@ def _draw(members: np.ndarray, count: int, rng) -> np.ndarray:
     return np.concatenate([members, rng.choice(members, count - len(members), replace=True)])
 
 
-def augmenter(cfg: TrainConfig, tf, keras=None):
+def augmenter(cfg: TrainConfig, tf):
     """Training-only augmentation: flips, small rotations, zoom/shift, brightness and contrast.
 
     The geometric part is one affine warp per image (flip, rotation, zoom and shift composed into a
@@ -131,9 +131,10 @@ def augmenter(cfg: TrainConfig, tf, keras=None):
     four resampling passes cost a third of each training step. Random draws are stateless, keyed by
     (seed, batch number), so a run and its resume see the same images. Geometric transforms fill
     with black (the edge of a film); intensity jitter is applied in 0..255 so the model's own
-    rescaling still sees the range it expects. ``keras`` is unused and kept for call compatibility.
+    rescaling still sees the range it expects.
     """
     rotation = cfg.rotation_deg * math.pi / 180.0
+    geometric = cfg.flip or rotation > 0 or cfg.zoom > 0 or cfg.shift > 0
 
     def apply(images, step=0):
         x = tf.cast(images, tf.float32)
@@ -143,10 +144,11 @@ def augmenter(cfg: TrainConfig, tf, keras=None):
         def draw(i, low, high):
             return tf.random.stateless_uniform([batch], seed=key + [0, 1_000_003 * i], minval=low, maxval=high)
 
-        x = tf.raw_ops.ImageProjectiveTransformV3(
-            images=x, transforms=affine_transforms(tf, cfg, draw, rotation, height, width),
-            output_shape=tf.stack([height, width]), fill_value=0.0,
-            interpolation="BILINEAR", fill_mode="CONSTANT")
+        if geometric:
+            x = tf.raw_ops.ImageProjectiveTransformV3(
+                images=x, transforms=affine_transforms(tf, cfg, draw, rotation, height, width),
+                output_shape=tf.stack([height, width]), fill_value=0.0,
+                interpolation="BILINEAR", fill_mode="CONSTANT")
         if cfg.brightness > 0:
             x = x + tf.reshape(draw(5, -cfg.brightness, cfg.brightness), [-1, 1, 1, 1]) * 255.0
         if cfg.contrast > 0:
