@@ -6,10 +6,10 @@
 #
 # The recipe is benchmarks/recipes/shipped_long.json; benchmarks/SHIPPED_MODEL.md records the runs
 # that led to it. The test split is scored once, after the choice was made on the validation split.
-# The shipped run B was trained before augmentation became one stateless affine warp per image
-# (2026-11-26; same ranges, different draws), and its Keras augmentation layers drew from stateful
-# random generators: a retrain gives a model of the same recipe, not the same bytes. SHIPPED_MODEL.md
-# shows how far two seeds of this recipe differ (adult checks by up to 25 points on 37 images).
+# The shipped run B used the Keras-layer augmentation (the recipe says "augmentation": "keras_layers");
+# its layers draw from stateful random generators, so a retrain gives a model of the same recipe, not
+# the same bytes. SHIPPED_MODEL.md shows how far seeds of one recipe differ (adult checks by up to 25
+# points on 37 images).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUN=${RUN:-runs/long}

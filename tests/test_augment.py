@@ -78,3 +78,19 @@ def test_same_step_same_images_other_step_others():
     assert not np.allclose(run(cfg, images, 5), run(cfg, images, 6))
     out = run(cfg, images, 5)
     assert out.min() >= 0 and out.max() <= 255
+
+
+def test_keras_layers_augmentation_still_runs_for_old_recipes():
+    cfg = TrainConfig(augmentation="keras_layers")
+    images = asymmetric(8)
+    out = run(cfg, images, 3)
+    assert out.shape == images.shape and out.min() >= 0 and out.max() <= 255
+    assert not np.allclose(out, images)
+    np.testing.assert_allclose(run(TrainConfig(augmentation="keras_layers", **OFF), images), images, atol=1e-3)
+
+
+def test_unknown_augmentation_is_a_config_error():
+    from edgecxr.errors import EdgeCXRError
+
+    with pytest.raises(EdgeCXRError, match="augmentation must be"):
+        TrainConfig.from_dict({"augmentation": "fancy"})

@@ -57,6 +57,7 @@ class TrainConfig:
     monitor: str = "val_accuracy"
     # augmentation (training split only)
     augment: bool = True
+    augmentation: str = "affine"  # affine (one warp per image) | keras_layers (runs before 2026-11-26)
     flip: bool = True
     rotation_deg: float = 10.0
     zoom: float = 0.1
@@ -109,6 +110,8 @@ class TrainConfig:
             bad(f"balance must be oversample, class_weight or none, not {self.balance!r}")
         if self.lr_schedule not in ("constant", "cosine"):
             bad(f"lr_schedule must be constant or cosine, not {self.lr_schedule!r}")
+        if self.augmentation not in ("affine", "keras_layers"):
+            bad(f"augmentation must be affine or keras_layers, not {self.augmentation!r}")
         if self.strategy not in ("default", "mirrored", "multiworker"):
             bad(f"strategy must be default, mirrored or multiworker, not {self.strategy!r}")
         if len(self.class_names) < 2:

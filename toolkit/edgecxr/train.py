@@ -124,11 +124,50 @@ def _draw(members: np.ndarray, count: int, rng) -> np.ndarray:
 
 
 def augmenter(cfg: TrainConfig, tf):
+    """The training augmentation the config asks for: ``affine`` (default) or ``keras_layers``."""
+    if cfg.augmentation == "keras_layers":
+        return keras_layers_augmenter(cfg, tf, require("tf_keras", "train"))
+    return affine_augmenter(cfg, tf)
+
+
+def keras_layers_augmenter(cfg: TrainConfig, tf, keras):
+    """The augmentation runs before 2026-11-26 used (the shipped run B among them), kept so that
+    recipe can be rerun as it was: Keras preprocessing layers, one resampling pass per transform,
+    stateful random draws (a rerun sees other draws)."""
+    layers = []
+    if cfg.flip:
+        layers.append(keras.layers.RandomFlip("horizontal", seed=cfg.seed))
+    if cfg.rotation_deg > 0:
+        layers.append(keras.layers.RandomRotation(cfg.rotation_deg / 360.0, fill_mode="constant", seed=cfg.seed + 1))
+    if cfg.zoom > 0:
+        layers.append(keras.layers.RandomZoom(cfg.zoom, fill_mode="constant", seed=cfg.seed + 2))
+    if cfg.shift > 0:
+        layers.append(keras.layers.RandomTranslation(cfg.shift, cfg.shift, fill_mode="constant", seed=cfg.seed + 3))
+    geometric = keras.Sequential(layers) if layers else None
+
+    def apply(images, step=0):
+        x = tf.cast(images, tf.float32)
+        if geometric is not None:
+            x = geometric(x, training=True)
+        batch = tf.shape(x)[0]
+        if cfg.brightness > 0:
+            x = x + tf.random.uniform([batch, 1, 1, 1], -cfg.brightness, cfg.brightness) * 255.0
+        if cfg.contrast > 0:
+            factor = tf.random.uniform([batch, 1, 1, 1], 1 - cfg.contrast, 1 + cfg.contrast)
+            mean = tf.reduce_mean(x, axis=[1, 2, 3], keepdims=True)
+            x = (x - mean) * factor + mean
+        return tf.clip_by_value(x, 0.0, 255.0)
+
+    return apply
+
+
+def affine_augmenter(cfg: TrainConfig, tf):
     """Training-only augmentation: flips, small rotations, zoom/shift, brightness and contrast.
 
     The geometric part is one affine warp per image (flip, rotation, zoom and shift composed into a
     single matrix) rather than a chain of Keras preprocessing layers: on two CPU cores the chain of
-    four resampling passes cost a third of each training step. Random draws are stateless, keyed by
+    four resampling passes cost about a fifth of each training step (benchmarks/AUGMENT_SPEED.md).
+    Random draws are stateless, keyed by
     (seed, batch number), so a run and its resume see the same images. Geometric transforms fill
     with black (the edge of a film); intensity jitter is applied in 0..255 so the model's own
     rescaling still sees the range it expects.
