@@ -14,27 +14,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
+from quant_speed import cpu_name  # benchmarks/ is on sys.path when run as a script
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "benchmarks" / "recipes" / "shipped_long.json"
 OUT = REPO / "benchmarks" / "AUGMENT_SPEED.md"
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def rate(fn, images_per_call: int, calls: int) -> float:

@@ -535,7 +535,7 @@ def converter_bytes(model, net: Network, quant: str, args) -> bytes:
 # --- measuring -------------------------------------------------------------------------------------
 
 
-def measure_tflite(rows: dict, net: Network, threads: list[int], args) -> None:
+def measure_tflite(rows: dict, net: Network, threads: list[int], args, workdir: Path) -> None:
     from edgecxr.runtime import Classifier
 
     x1 = net.eval_images[:1]
@@ -550,7 +550,7 @@ def measure_tflite(rows: dict, net: Network, threads: list[int], args) -> None:
                     if not clf.resize_batch(THROUGHPUT_BATCH):
                         row.notes.append("input fixed at batch 1: batches run one image per invoke")
                     probs = clf.predict_arrays(net.eval_images)
-                    row.probs_file = str(Path(row.file).with_suffix(".probs.npy"))
+                    row.probs_file = str(workdir / f"probs-{row.key}.npy")  # never next to a user's file
                     np.save(row.probs_file, probs)
                     row.images_per_s = throughput(clf.predict_arrays, net.eval_images)
             row.runtime = f"{clf.interpreter_name} {clf.interpreter_version}"
@@ -695,7 +695,7 @@ def measure_all(args, threads: list[int], run: str | None, standard: bool,
     log("converted TFLite: " + ", ".join(f"{k} {r.status}" for k, r in tflite.items()))
     keras_rows = measure_keras(net, workdir, threads, args)
     log("Keras measured")
-    measure_tflite(tflite, net, threads, args)
+    measure_tflite(tflite, net, threads, args, workdir)
     log("TFLite measured")
     onnx_rows, onnx_info = measure_onnx(workdir, threads, args)
     log("ONNX Runtime measured")
