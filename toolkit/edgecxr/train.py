@@ -167,10 +167,9 @@ def affine_augmenter(cfg: TrainConfig, tf):
     The geometric part is one affine warp per image (flip, rotation, zoom and shift composed into a
     single matrix) rather than a chain of Keras preprocessing layers: on two CPU cores the chain of
     four resampling passes cost about a fifth of each training step (benchmarks/AUGMENT_SPEED.md).
-    Random draws are stateless, keyed by
-    (seed, batch number), so a run and its resume see the same images. Geometric transforms fill
-    with black (the edge of a film); intensity jitter is applied in 0..255 so the model's own
-    rescaling still sees the range it expects.
+    Random draws are stateless, keyed by (seed, batch number), so a run and its resume see the same
+    images. Geometric transforms fill with black (the edge of a film); intensity jitter is applied
+    in 0..255 so the model's own rescaling still sees the range it expects.
     """
     rotation = cfg.rotation_deg * math.pi / 180.0
     geometric = cfg.flip or rotation > 0 or cfg.zoom > 0 or cfg.shift > 0
@@ -185,7 +184,7 @@ def affine_augmenter(cfg: TrainConfig, tf):
 
         if geometric:
             x = tf.raw_ops.ImageProjectiveTransformV3(
-                images=x, transforms=affine_transforms(tf, cfg, draw, rotation, height, width),
+                images=x, transforms=affine_transforms(tf, cfg, draw, batch, rotation, height, width),
                 output_shape=tf.stack([height, width]), fill_value=0.0,
                 interpolation="BILINEAR", fill_mode="CONSTANT")
         if cfg.brightness > 0:
@@ -199,24 +198,23 @@ def affine_augmenter(cfg: TrainConfig, tf):
     return apply
 
 
-def affine_transforms(tf, cfg: TrainConfig, draw, rotation: float, height, width):
+def affine_transforms(tf, cfg: TrainConfig, draw, batch, rotation: float, height, width):
     """Per-image 8-vectors mapping output pixels back to input pixels (what the warp op expects).
 
     Forward, an image is flipped about its centre, rotated by t, scaled by s and shifted by d;
     the inverse map is in = F R(-t) (out - c - d) / s + c.
     """
-    ones = tf.ones_like(draw(0, 0.0, 1.0))
+    ones, zero = tf.ones([batch]), tf.zeros([batch])
     flip = tf.where(draw(1, 0.0, 1.0) < 0.5, -ones, ones) if cfg.flip else ones
-    angle = draw(2, -rotation, rotation) if rotation > 0 else 0.0 * ones
+    angle = draw(2, -rotation, rotation) if rotation > 0 else zero
     scale = draw(3, 1 - cfg.zoom, 1 + cfg.zoom) if cfg.zoom > 0 else ones
     h, w = tf.cast(height, tf.float32), tf.cast(width, tf.float32)
-    dx = draw(4, -cfg.shift, cfg.shift) * w if cfg.shift > 0 else 0.0 * ones
-    dy = draw(7, -cfg.shift, cfg.shift) * h if cfg.shift > 0 else 0.0 * ones
+    dx = draw(4, -cfg.shift, cfg.shift) * w if cfg.shift > 0 else zero
+    dy = draw(7, -cfg.shift, cfg.shift) * h if cfg.shift > 0 else zero
     cx, cy = (w - 1) / 2, (h - 1) / 2
     cos, sin = tf.cos(angle) / scale, tf.sin(angle) / scale
     a00, a01, a10, a11 = flip * cos, flip * sin, -sin, cos
     ox, oy = cx + dx, cy + dy
-    zero = tf.zeros_like(ones)
     return tf.stack([a00, a01, cx - a00 * ox - a01 * oy,
                      a10, a11, cy - a10 * ox - a11 * oy, zero, zero], axis=1)
 
