@@ -19,7 +19,8 @@ from edgecxr import train as train_mod
 from edgecxr.cli import main
 from edgecxr.config import TrainConfig
 from edgecxr.data import Record
-from edgecxr.evaluate import read_predictions
+from edgecxr.errors import DataError
+from edgecxr.evaluate import read_predictions, write_predictions
 from synthetic import make_dataset
 
 # Small enough for CI, large enough that MobileNetV3 from scratch learns the blob positions.
@@ -192,3 +193,55 @@ def test_split_seed_keeps_the_split_while_the_seed_changes(easy_data, tmp_path):
 
     assert split_of(seed=1, split_seed=7) == split_of(seed=2, split_seed=7) == split_of(seed=7)
     assert split_of(seed=1) != split_of(seed=7)
+
+
+def test_distilled_targets_blend_the_mean_teacher_probability(tmp_path):
+    records = [Record(f"/x/{i}.png", label, f"p{i}", "s", "adult")
+               for i, label in enumerate(["normal", "covid19", "pneumonia_unspecified"])]
+    names = ["normal", "covid19", "bacterial", "viral"]
+    hard = np.array([[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, .5, .5]], np.float32)
+    arrays = train_mod.SplitArrays(np.zeros((3, 1)), hard, records, names)
+    teachers = []
+    for t, probs in enumerate([[[.6, .2, .1, .1], [.3, .5, .1, .1], [.1, .1, .2, .6]],
+                               [[.8, .0, .1, .1], [.1, .7, .1, .1], [.1, .1, .4, .4]]]):
+        path = tmp_path / f"teacher{t}.csv"
+        write_predictions(path, records[::-1], np.array(probs)[::-1], names)  # row order must not matter
+        teachers.append(str(path))
+    cfg = TrainConfig(class_names=names, teachers=teachers, distill_weight=0.25)
+    targets = train_mod.distilled_targets(arrays, cfg)
+    np.testing.assert_allclose(targets[0], .75 * hard[0] + .25 * np.array([.7, .1, .1, .1]), atol=1e-6)
+    np.testing.assert_allclose(targets[2], .75 * hard[2] + .25 * np.array([.1, .1, .3, .5]), atol=1e-6)
+    np.testing.assert_allclose(targets.sum(1), 1.0, atol=1e-6)
+
+    write_predictions(tmp_path / "partial.csv", records[:2], np.full((2, 4), .25), names)
+    cfg.teachers = [str(tmp_path / "partial.csv")]
+    with pytest.raises(DataError, match="no prediction for 1 training image"):
+        train_mod.distilled_targets(arrays, cfg)
+
+
+def test_a_student_learns_what_the_teacher_says_not_the_labels(trained_run, tmp_path):
+    """The teacher calls every class by the next class's name; with distill_weight 1 the labels never
+    reach the loss, so a student that learns the teacher's renaming was taught by the teacher."""
+    names = ["normal", "covid19", "bacterial", "viral"]
+    evaluated = tmp_path / "train split"
+    result = CliRunner().invoke(main, ["evaluate", str(trained_run), "--split", "train", "--out", str(evaluated)])
+    assert result.exit_code == 0, result.output
+    records, _ = read_predictions(evaluated / "predictions.csv", names)
+    renamed = np.eye(4)[[(names.index(r.label) + 1) % 4 for r in records]]
+    write_predictions(tmp_path / "teacher.csv", records, renamed, names)
+
+    student = tmp_path / "student"
+    result = CliRunner().invoke(main, ["train", "--config", str(trained_run / "config.json"), "--out", str(student),
+                                       "--teacher", str(tmp_path / "teacher.csv"), "--set", "distill_weight=1.0"])
+    assert result.exit_code == 0, result.output
+    cfg = TrainConfig.load(student / "config.json")
+    assert cfg.teachers == [str((tmp_path / "teacher.csv").resolve())] and cfg.distill_weight == 1.0
+    last = history(student)[-1]
+    # training accuracy is measured against the targets, validation accuracy against the labels
+    assert float(last["accuracy"]) > 0.5 and float(last["val_accuracy"]) < 0.25  # chance is 0.25
+
+    # a teacher that never saw the training images is refused in one line
+    write_predictions(tmp_path / "val.csv", records[:5], renamed[:5], names)
+    result = CliRunner().invoke(main, ["train", "--config", str(trained_run / "config.json"), "--out",
+                                       str(tmp_path / "refused"), "--teacher", str(tmp_path / "val.csv")])
+    assert result.exit_code == 1 and "no prediction for" in result.output and "Traceback" not in result.output

@@ -79,12 +79,14 @@ def data_check(path, as_json):
 @click.option("--extra-data", multiple=True, help="More data merged into the split (e.g. cxr_adult_pneumonia).")
 @click.option("--splits", "splits_file", type=click.Path(exists=True, dir_okay=False), help="Use this splits.csv.")
 @click.option("--strategy", type=click.Choice(["default", "mirrored", "multiworker"]))
+@click.option("--teacher", "teachers", multiple=True, type=click.Path(exists=True, dir_okay=False),
+              help="Distil from this predictions.csv (edgecxr evaluate RUN --split train); repeat to average.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Any other config setting.")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
 @click.option("--force", is_flag=True, help="Start over in a non-empty --out.")
 @friendly_errors
 def train(data, out, config_file, weights, epochs, image_size, batch_size, seed, architecture, minimalistic,
-          fine_tune, learning_rate, extra_data, splits_file, strategy, overrides, resume, force):
+          fine_tune, learning_rate, extra_data, splits_file, strategy, teachers, overrides, resume, force):
     """Train a MobileNetV3 classifier on DATA (class folders or a manifest CSV)."""
     import json
     from pathlib import Path
@@ -101,7 +103,8 @@ def train(data, out, config_file, weights, epochs, image_size, batch_size, seed,
     given = dict(data=data, weights=weights, epochs=epochs, image_size=image_size, batch_size=batch_size,
                  seed=seed, architecture=architecture, minimalistic=minimalistic, fine_tune=fine_tune,
                  learning_rate=learning_rate, splits_file=splits_file, strategy=strategy,
-                 extra_data=list(extra_data) or None)
+                 extra_data=list(extra_data) or None,
+                 teachers=[str(Path(t).resolve()) for t in teachers] or None)
     values = {**cfg.__dict__, **{k: v for k, v in given.items() if v is not None}}
     for item in overrides:
         key, sep, raw = item.partition("=")

@@ -53,6 +53,10 @@ class TrainConfig:
     # Partial-label images (pneumonia without subtype) drawn per epoch, as a share of one class
     # (0 = each once).
     partial_share: float = 0.0
+    # Distillation: predictions.csv files of teacher models on the training split (`edgecxr evaluate
+    # RUN --split train`); their mean probability makes up `distill_weight` of every training target.
+    teachers: list[str] = field(default_factory=list)
+    distill_weight: float = 0.5
     early_stopping: int = 0  # patience in epochs; 0 = off
     monitor: str = "val_accuracy"
     # augmentation (training split only)
@@ -112,6 +116,8 @@ class TrainConfig:
             bad(f"lr_schedule must be constant or cosine, not {self.lr_schedule!r}")
         if self.augmentation not in ("affine", "keras_layers"):
             bad(f"augmentation must be affine or keras_layers, not {self.augmentation!r}")
+        if not 0 <= self.distill_weight <= 1:
+            bad("distill_weight must be in [0, 1]")
         if self.strategy not in ("default", "mirrored", "multiworker"):
             bad(f"strategy must be default, mirrored or multiworker, not {self.strategy!r}")
         if len(self.class_names) < 2:

@@ -73,6 +73,33 @@ def load_split(records, splits, which: str, cfg: TrainConfig) -> SplitArrays:
     return SplitArrays(images, targets.astype(np.float32), kept, list(cfg.class_names))
 
 
+def distilled_targets(train: SplitArrays, cfg: TrainConfig) -> np.ndarray:
+    """The training targets with the teachers' mean probability blended in.
+
+    Why: averaging runs beats any single run (benchmarks/SHIPPED_MODEL.md), but n networks cost n
+    times the latency on a Pi; a student trained towards their averaged probabilities costs one.
+    Teachers are predictions.csv files rather than models, so anything `edgecxr evaluate` can score
+    (a larger network, a run at another image size, an ensemble) can teach, and it is computed once
+    instead of at every step. Images a teacher never saw are an error, not a silent hard label.
+    """
+    from .evaluate import read_predictions
+
+    total = np.zeros(train.targets.shape, np.float64)
+    for path in cfg.teachers:
+        try:
+            records, probs = read_predictions(path, cfg.class_names)
+        except OSError as exc:
+            raise DataError(f"teacher {path}: {exc.strerror or exc}") from None
+        by_file = {os.path.normpath(r.file): p for r, p in zip(records, probs)}
+        missing = [r.file for r in train.records if os.path.normpath(r.file) not in by_file]
+        if missing:
+            raise DataError(f"teacher {path} has no prediction for {len(missing)} training image(s), "
+                            f"e.g. {missing[0]}; make one with: edgecxr evaluate RUN --split train")
+        total += np.stack([by_file[os.path.normpath(r.file)] for r in train.records])
+    teacher = total / len(cfg.teachers)
+    return ((1 - cfg.distill_weight) * train.targets + cfg.distill_weight * teacher).astype(np.float32)
+
+
 def epoch_indices(train: SplitArrays, cfg: TrainConfig, epoch: int) -> tuple[np.ndarray, np.ndarray]:
     """The training order for one epoch and a per-sample weight.
 
@@ -360,6 +387,9 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False, force: bo
     val_arr = load_split(records, splits, "val", cfg)
     if len(train_arr.images) == 0:
         raise DataError("the training split has no readable images")
+    if cfg.teachers:
+        train_arr.targets = distilled_targets(train_arr, cfg)
+        log(f"distilling: {cfg.distill_weight:.0%} of every target from the mean of {len(cfg.teachers)} teacher(s)")
     log(f"loaded {len(train_arr.images)} train / {len(val_arr.images)} val images "
         f"at {cfg.image_size}px in {time.time() - t0:.1f}s")
 
