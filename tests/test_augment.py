@@ -94,3 +94,47 @@ def test_unknown_augmentation_is_a_config_error():
 
     with pytest.raises(EdgeCXRError, match="augmentation must be"):
         TrainConfig.from_dict({"augmentation": "fancy"})
+
+
+def extent(img):
+    ys, xs = np.nonzero(img[..., 0] > 128)
+    return ys.max() - ys.min() + 1, xs.max() - xs.min() + 1
+
+
+def test_aspect_stretches_width_against_height_within_the_range():
+    size, aspect = 64, 0.3
+    img = np.zeros((size, size, 3), np.uint8)
+    img[16:48, 16:48] = 255  # a 32 x 32 square in the centre
+    out = run(TrainConfig(**{**OFF, "aspect": aspect}), np.repeat(img[None], 32, axis=0))
+    ratios = np.array([w / h for h, w in map(extent, out)])
+    assert ratios.min() >= (1 - aspect) * 0.9 and ratios.max() <= (1 + aspect) * 1.1
+    assert ratios.min() < 0.9 and ratios.max() > 1.1  # both ways
+    areas = np.array([h * w for h, w in map(extent, out)])
+    assert np.all(np.abs(areas / 32 ** 2 - 1) < 0.15)  # a stretch, not a zoom
+
+
+def test_border_blacks_out_bands_at_the_edges_only():
+    size, border = 64, 0.1
+    images = np.full((32, size, size, 3), 200, np.uint8)
+    out = run(TrainConfig(**{**OFF, "border": border}), images)
+    band = int(np.ceil(border * size))
+    inner = out[:, band:-band, band:-band]
+    np.testing.assert_allclose(inner, 200.0, atol=1e-3)  # the middle is never touched
+    widths = [(o[:, :, 0] == 0).all(axis=0)[: size // 2].sum() for o in out]  # black columns on the left
+    assert max(widths) <= band and len(set(widths)) > 2  # random, independent per image
+
+
+def test_gamma_bends_the_tone_curve_but_keeps_black_white_and_order():
+    ramp = np.tile(np.linspace(0, 255, 32, dtype=np.float32).astype(np.uint8)[None, :, None], (32, 1, 3))
+    out = run(TrainConfig(**{**OFF, "gamma": 0.4}), np.repeat(ramp[None], 16, axis=0))
+    row = out[:, 0, :, 0]
+    np.testing.assert_allclose(row[:, 0], 0.0, atol=1e-3)
+    np.testing.assert_allclose(row[:, -1], 255.0, atol=1e-2)
+    assert np.all(np.diff(row, axis=1) >= 0)  # monotonic: nothing turns from dark to light
+    mid = row[:, 16]
+    assert mid.min() < ramp[0, 16, 0] - 10 and mid.max() > ramp[0, 16, 0] + 10  # bent both ways
+
+
+def test_cue_removal_needs_the_affine_augmentation():
+    with pytest.raises(Exception, match="need augmentation=affine"):
+        TrainConfig(augmentation="keras_layers", border=0.05).validate()

@@ -68,6 +68,14 @@ class TrainConfig:
     shift: float = 0.05
     brightness: float = 0.1
     contrast: float = 0.1
+    # Source-cue removal (affine only; 0 = off). The pediatric films were squashed to a square from
+    # landscape, the adult ones were not; sources differ in tone curve and in the text and markers
+    # near the film's edge. `aspect` stretches width against height by up to that share, `gamma`
+    # bends the tone curve by a factor up to exp(gamma), `border` blacks out up to that share of the
+    # image at each edge, independently.
+    aspect: float = 0.0
+    gamma: float = 0.0
+    border: float = 0.0
     # run
     seed: int = 42
     strategy: str = "default"  # default | mirrored | multiworker
@@ -116,6 +124,10 @@ class TrainConfig:
             bad(f"lr_schedule must be constant or cosine, not {self.lr_schedule!r}")
         if self.augmentation not in ("affine", "keras_layers"):
             bad(f"augmentation must be affine or keras_layers, not {self.augmentation!r}")
+        if self.augmentation == "keras_layers" and (self.aspect or self.gamma or self.border):
+            bad("aspect, gamma and border need augmentation=affine")
+        if not (0 <= self.aspect < 1 and 0 <= self.border < 0.5 and self.gamma >= 0):
+            bad("aspect must be in [0, 1), border in [0, 0.5), gamma at least 0")
         if not 0 <= self.distill_weight <= 1:
             bad("distill_weight must be in [0, 1]")
         if self.strategy not in ("default", "mirrored", "multiworker"):

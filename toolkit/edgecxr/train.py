@@ -196,10 +196,11 @@ def affine_augmenter(cfg: TrainConfig, tf):
     four resampling passes cost about a fifth of each training step (benchmarks/AUGMENT_SPEED.md).
     Random draws are stateless, keyed by (seed, batch number), so a run and its resume see the same
     images. Geometric transforms fill with black (the edge of a film); intensity jitter is applied
-    in 0..255 so the model's own rescaling still sees the range it expects.
+    in 0..255 so the model's own rescaling still sees the range it expects. ``aspect``, ``gamma`` and
+    ``border`` (off by default) blur cues that tell the sources apart rather than the lungs.
     """
     rotation = cfg.rotation_deg * math.pi / 180.0
-    geometric = cfg.flip or rotation > 0 or cfg.zoom > 0 or cfg.shift > 0
+    geometric = cfg.flip or rotation > 0 or cfg.zoom > 0 or cfg.shift > 0 or cfg.aspect > 0
 
     def apply(images, step=0):
         x = tf.cast(images, tf.float32)
@@ -220,27 +221,47 @@ def affine_augmenter(cfg: TrainConfig, tf):
             factor = tf.reshape(draw(6, 1 - cfg.contrast, 1 + cfg.contrast), [-1, 1, 1, 1])
             mean = tf.reduce_mean(x, axis=[1, 2, 3], keepdims=True)
             x = (x - mean) * factor + mean
-        return tf.clip_by_value(x, 0.0, 255.0)
+        x = tf.clip_by_value(x, 0.0, 255.0)
+        if cfg.gamma > 0:
+            power = tf.reshape(tf.exp(draw(9, -cfg.gamma, cfg.gamma)), [-1, 1, 1, 1])
+            x = 255.0 * tf.pow(x / 255.0, power)
+        if cfg.border > 0:
+            x = x * border_mask(tf, draw, cfg.border, height, width)
+        return x
 
     return apply
+
+
+def border_mask(tf, draw, share: float, height, width):
+    """Per-image masks that are 0 within a random band (up to ``share`` of the side) at each edge."""
+    h, w = tf.cast(height, tf.float32), tf.cast(width, tf.float32)
+    rows = tf.range(h)[None, :] + 0.5
+    cols = tf.range(w)[None, :] + 0.5
+    top, bottom = draw(10, 0.0, share)[:, None] * h, h - draw(11, 0.0, share)[:, None] * h
+    left, right = draw(12, 0.0, share)[:, None] * w, w - draw(13, 0.0, share)[:, None] * w
+    keep_rows = tf.cast((rows >= top) & (rows <= bottom), tf.float32)
+    keep_cols = tf.cast((cols >= left) & (cols <= right), tf.float32)
+    return (keep_rows[:, :, None] * keep_cols[:, None, :])[..., None]
 
 
 def affine_transforms(tf, cfg: TrainConfig, draw, batch, rotation: float, height, width):
     """Per-image 8-vectors mapping output pixels back to input pixels (what the warp op expects).
 
-    Forward, an image is flipped about its centre, rotated by t, scaled by s and shifted by d;
-    the inverse map is in = F R(-t) (out - c - d) / s + c.
+    Forward, an image is flipped about its centre, rotated by t, scaled by (sx, sy) and shifted by
+    d; the inverse map is in = F R(-t) S^-1 (out - c - d) + c.
     """
     ones, zero = tf.ones([batch]), tf.zeros([batch])
     flip = tf.where(draw(1, 0.0, 1.0) < 0.5, -ones, ones) if cfg.flip else ones
     angle = draw(2, -rotation, rotation) if rotation > 0 else zero
     scale = draw(3, 1 - cfg.zoom, 1 + cfg.zoom) if cfg.zoom > 0 else ones
+    stretch = tf.sqrt(draw(8, 1 - cfg.aspect, 1 + cfg.aspect)) if cfg.aspect > 0 else ones
+    sx, sy = scale * stretch, scale / stretch
     h, w = tf.cast(height, tf.float32), tf.cast(width, tf.float32)
     dx = draw(4, -cfg.shift, cfg.shift) * w if cfg.shift > 0 else zero
     dy = draw(7, -cfg.shift, cfg.shift) * h if cfg.shift > 0 else zero
     cx, cy = (w - 1) / 2, (h - 1) / 2
-    cos, sin = tf.cos(angle) / scale, tf.sin(angle) / scale
-    a00, a01, a10, a11 = flip * cos, flip * sin, -sin, cos
+    cos, sin = tf.cos(angle), tf.sin(angle)
+    a00, a01, a10, a11 = flip * cos / sx, flip * sin / sy, -sin / sx, cos / sy
     ox, oy = cx + dx, cy + dy
     return tf.stack([a00, a01, cx - a00 * ox - a01 * oy,
                      a10, a11, cy - a10 * ox - a11 * oy, zero, zero], axis=1)
