@@ -1315,6 +1315,9 @@ def render_model_card(spec: ModelSpec, guard: GuardReport, *, cfg=None, model_fi
                 f"- Weights: {cfg.weights}; {cfg.epochs} epochs, batch {cfg.batch_size}, learning rate "
                 f"{cfg.learning_rate:g} ({cfg.lr_schedule}), balance {cfg.balance}, seed {cfg.seed}",
                 "- Splits are by patient (no patient in two splits)."]
+        if cfg.teachers:
+            out.append(f"- Distilled: {cfg.distill_weight:.0%} of every training target is the mean probability "
+                       f"of {len(cfg.teachers)} teacher(s) ({', '.join(f'`{t}`' for t in cfg.teachers)})")
     if data_summary:
         out += ["", "## Data and splits", "", _md_table(*_summary_table(data_summary["by_class"], "label")),
                 "", _md_table(*_summary_table(data_summary["by_source"], "source (group)"))]
