@@ -84,6 +84,7 @@ def distilled_targets(train: SplitArrays, cfg: TrainConfig) -> np.ndarray:
     """
     from .evaluate import read_predictions
 
+    wanted = [os.path.normpath(r.file) for r in train.records]
     total = np.zeros(train.targets.shape, np.float64)
     for path in cfg.teachers:
         try:
@@ -91,11 +92,11 @@ def distilled_targets(train: SplitArrays, cfg: TrainConfig) -> np.ndarray:
         except OSError as exc:
             raise DataError(f"teacher {path}: {exc.strerror or exc}") from None
         by_file = {os.path.normpath(r.file): p for r, p in zip(records, probs)}
-        missing = [r.file for r in train.records if os.path.normpath(r.file) not in by_file]
+        missing = [f for f in wanted if f not in by_file]
         if missing:
             raise DataError(f"teacher {path} has no prediction for {len(missing)} training image(s), "
                             f"e.g. {missing[0]}; make one with: edgecxr evaluate RUN --split train")
-        total += np.stack([by_file[os.path.normpath(r.file)] for r in train.records])
+        total += np.stack([by_file[f] for f in wanted])
     teacher = total / len(cfg.teachers)
     return ((1 - cfg.distill_weight) * train.targets + cfg.distill_weight * teacher).astype(np.float32)
 
