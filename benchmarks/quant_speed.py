@@ -95,7 +95,7 @@ class Row:
 @contextlib.contextmanager
 def hard_swish_as(kind: str):
     """Build tf_keras MobileNetV3 with the given hard-swish spelling inside the block."""
-    from edgecxr.export import delegate_friendly_hard_swish
+    from edgecxr.converter import delegate_friendly_hard_swish
 
     if kind == "keras":
         yield
@@ -148,7 +148,7 @@ def convert(model, size: int, fmt: str, seed: int) -> bytes:
     """The graph and converter settings ``edgecxr export`` uses (int8: full integer, uint8 I/O)."""
     import tensorflow as tf
 
-    from edgecxr.export import _quiet_converter, fold_head_batchnorm, make_converter
+    from edgecxr.converter import fold_head_batchnorm, make_converter, quiet_converter
 
     if fmt != "float32":  # export converts quantized models with the head's BatchNorm folded
         model = fold_head_batchnorm(model)
@@ -161,7 +161,7 @@ def convert(model, size: int, fmt: str, seed: int) -> bytes:
         converter.representative_dataset = lambda: ([x] for x in calib)
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
         converter.inference_input_type = converter.inference_output_type = tf.uint8
-    with _quiet_converter():
+    with quiet_converter():
         return converter.convert()
 
 
@@ -280,7 +280,7 @@ def render(rows: list[Row], parity: dict, args, started: datetime, load: tuple, 
         + (f"; process niceness {os.nice(0)}" if os.nice(0) != 0 else ""),
         "- XNNPACK columns: partitions = delegate nodes (1 = the whole graph runs in XNNPACK); delegated = "
         "original ops inside them; outside = ops left to TFLite's reference kernels "
-        "(edgecxr.export.delegation_summary)",
+        "(edgecxr.delegation.delegation_summary)",
         "",
         "## Results",
         "",
@@ -429,7 +429,7 @@ def main(argv=None) -> int:
     wanted = [v for v in VARIANTS if v.key in args.variants.split(",")]
 
     started, t0, load0 = datetime.now(timezone.utc), time.time(), os.getloadavg()[0]
-    from edgecxr.export import delegation_summary
+    from edgecxr.delegation import delegation_summary
 
     rows, blobs, models = [], {}, {}
     for variant in wanted:

@@ -21,15 +21,10 @@ from synthetic import CLASSES, synthetic_image
 
 from edgecxr.cli import main
 from edgecxr.errors import EdgeCXRError, GuardError, ModelFileError
-from edgecxr.export import (
-    ExportOptions,
-    delegation_summary,
-    export,
-    fold_head_batchnorm,
-    guard_report,
-    load_model,
-    representative_sample,
-)
+from edgecxr.converter import fold_head_batchnorm, load_model
+from edgecxr.delegation import delegation_summary
+from edgecxr.export import ExportOptions, export, representative_sample
+from edgecxr.guard import guard_report
 from edgecxr.runtime import Classifier, interpreter_backend
 from edgecxr.spec import read_spec, sidecar_path
 

@@ -12,7 +12,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from edgecxr.runtime import Classifier, default_model_path
 from synthetic import CLASSES, synthetic_image

@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import DataError, EdgeCXRError, ImageError, MissingExtraError, ModelFileError
+from .tables import md_table, text_table
 
 SCHEMA = "edgecxr.bench/1"
 # End-to-end input without --data: grayscale JPEGs about the size of a downscaled chest film.
@@ -174,10 +175,10 @@ class BenchReport:
         """The terminal report: header, comparison table, latency details, then accuracy."""
         from .metrics import format_metrics
 
-        parts = [*self._header_lines(), "", _text_table(*self._summary()), *self._failures(), "",
+        parts = [*self._header_lines(), "", text_table(*self._summary(), right=False), *self._failures(), "",
                  "latency details (ms, batch 1; model-only = invoke() on random input, "
                  "end-to-end = decode + preprocess + invoke on files)",
-                 _text_table(*self._details(), indent="  ")]
+                 text_table(*self._details(), indent="  ", right=False)]
         for row in self.rows:
             if row.metrics:
                 parts += ["", f"accuracy of {row.name} on {self.header.data}", format_metrics(row.metrics)]
@@ -191,12 +192,12 @@ class BenchReport:
         h = self.header
         lines = ["# edgecxr benchmark", "", f"Reproduce with `{h.command}` (run {h.date}).", "",
                  *(f"- {line}" for line in self._header_lines()[1:]), "",
-                 _md_table(*self._summary()), "",
+                 md_table(*self._summary()), "",
                  *(f"- {line}" for line in self._failures()), *([""] if self._failures() else []),
                  "## Latency details", "",
                  "Milliseconds, batch 1. Model-only = `invoke()` on random input (what TFLite's "
                  "`benchmark_model` measures); end-to-end = decode + preprocess + invoke on files.", "",
-                 _md_table(*self._details()), ""]
+                 md_table(*self._details()), ""]
         for row in self.rows:
             if row.metrics:
                 lines += [f"## Accuracy of {row.name}", "", "```", format_metrics(row.metrics), "```", ""]
@@ -596,20 +597,3 @@ def _csv_value(value):
     if isinstance(value, float):
         return f"{value:.6g}"
     return "" if value is None else value
-
-
-def _text_table(header: list[str], rows: list[list[str]], indent: str = "") -> str:
-    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows)]
-
-    def line(cells):
-        return indent + "  ".join(str(c).ljust(w) for c, w in zip(cells, widths)).rstrip()
-
-    return "\n".join([line(header), *(line(r) for r in rows)])
-
-
-def _md_table(header: list[str], rows: list[list[str]]) -> str:
-    def line(cells):
-        return "| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |"
-
-    align = "| " + " | ".join([":---", *["---:"] * (len(header) - 1)]) + " |"
-    return "\n".join([line(header), align, *(line(r) for r in rows)])

@@ -24,6 +24,7 @@ from typing import Sequence
 import numpy as np
 
 from .errors import DataError
+from .tables import text_table
 
 SCHEMA = "edgecxr.metrics/1"
 COVID = "covid19"
@@ -472,17 +473,6 @@ def _pooled_partial(partial: dict) -> dict | None:
     return proportion(sum(r["k"] for r in rates), sum(r["n"] for r in rates))
 
 
-def _text_table(header: list[str], rows: list[list[str]], indent: str = "") -> str:
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-
-    def line(cells):
-        first = str(cells[0]).ljust(widths[0])
-        rest = (str(c).rjust(w) for c, w in zip(cells[1:], widths[1:]))
-        return indent + "  ".join([first, *rest]).rstrip()
-
-    return "\n".join(line(r) for r in [header, *rows])
-
-
 def format_metrics(metrics: dict) -> str:
     """A compact terminal report: the numbers a reader checks first, 95% Wilson CIs in brackets."""
     acc = metrics["accuracy"]
@@ -491,10 +481,10 @@ def format_metrics(metrics: dict) -> str:
         f"accuracy {fmt_rate(acc)} on {acc['n']} labelled images{extra}; "
         "95% Wilson intervals in brackets",
         "",
-        _text_table(*table_per_class(metrics)),
+        text_table(*table_per_class(metrics)),
         "",
         "confusion matrix (rows true, columns predicted)",
-        _text_table(*table_confusion(metrics), indent="  "),
+        text_table(*table_confusion(metrics), indent="  "),
     ]
     cvr = metrics.get("covid_vs_rest")
     if cvr:
@@ -504,8 +494,8 @@ def format_metrics(metrics: dict) -> str:
     parts += ["", f"calibration: ECE {fmt_num(cal['ece'])} ({cal['n_bins']} bins of top-1 confidence)"]
     if metrics.get("partial_labels"):
         parts += ["", "partial labels (not in the 4-class numbers)",
-                  _text_table(*table_partial(metrics), indent="  ")]
+                  text_table(*table_partial(metrics), indent="  ")]
     for key, title in (("by_source", "by source"), ("by_group", "by group")):
         if metrics.get(key):
-            parts += ["", title, _text_table(*table_breakdown(metrics, key), indent="  ")]
+            parts += ["", title, text_table(*table_breakdown(metrics, key), indent="  ")]
     return "\n".join(parts)

@@ -28,6 +28,7 @@ from .metrics import (
     table_partial,
     table_per_class,
 )
+from .tables import md_table
 
 PLOT_DPI = 110
 
@@ -122,7 +123,7 @@ def render_markdown(metrics: dict, title: str = "", images: list[str] = (),
         "",
         "## Per class",
         "",
-        _md_table(*table_per_class(metrics)),
+        md_table(*table_per_class(metrics)),
         "",
         "Macro averages are unweighted means over the classes where the metric is defined"
         + _undefined_note(metrics["macro"].get("undefined", {})) + ".",
@@ -131,7 +132,7 @@ def render_markdown(metrics: dict, title: str = "", images: list[str] = (),
         "",
         "Rows are the true class, columns the predicted class.",
         "",
-        _md_table(*table_confusion(metrics)),
+        md_table(*table_confusion(metrics)),
         "",
     ]
     if "confusion_matrix.png" in images:
@@ -146,7 +147,7 @@ def render_markdown(metrics: dict, title: str = "", images: list[str] = (),
     if metrics.get("partial_labels"):
         lines += ["## Partial labels", "",
                   "Images whose label names no single class (e.g. pneumonia without subtype); they "
-                  "are not in the numbers above.", "", _md_table(*table_partial(metrics)), ""]
+                  "are not in the numbers above.", "", md_table(*table_partial(metrics)), ""]
     explained = False
     for key, heading in (("by_source", "By source"), ("by_group", "By group")):
         if metrics.get(key):
@@ -156,7 +157,7 @@ def render_markdown(metrics: dict, title: str = "", images: list[str] = (),
                           "COVID-19* is the shortcut check: a model that tells sources apart "
                           "instead of diseases calls one source's normals COVID-19.", ""]
                 explained = True
-            lines += [_md_table(*table_breakdown(metrics, key)), ""]
+            lines += [md_table(*table_breakdown(metrics, key)), ""]
     if plots_skipped:
         lines += ["> Plots were skipped: matplotlib is not installed "
                   "(pip install 'edgecxr[dev]').", ""]
@@ -178,18 +179,10 @@ def _calibration_section(cal: dict, with_plot: bool) -> list[str]:
     if filled:
         rows = [[f"{b['lo']:.2f}-{b['hi']:.2f}", str(b["count"]), fmt_num(b["confidence"]),
                  fmt_num(b["accuracy"])] for b in filled]
-        lines += [_md_table(["confidence bin", "n", "mean confidence", "accuracy"], rows), ""]
+        lines += [md_table(["confidence bin", "n", "mean confidence", "accuracy"], rows), ""]
     if with_plot:
         lines += ["![reliability diagram](reliability.png)", ""]
     return lines
-
-
-def _md_table(header: list[str], rows: list[list[str]]) -> str:
-    def line(cells):
-        return "| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |"
-
-    align = "| " + " | ".join([":---", *["---:"] * (len(header) - 1)]) + " |"
-    return "\n".join([line(header), align, *(line(r) for r in rows)])
 
 
 # --- plots ----------------------------------------------------------------------------------------
