@@ -214,7 +214,14 @@ def test_distilled_targets_blend_the_mean_teacher_probability(tmp_path):
 
     write_predictions(tmp_path / "partial.csv", records[:2], np.full((2, 4), .25), names)
     cfg.teachers = [str(tmp_path / "partial.csv")]
-    with pytest.raises(DataError, match="no prediction for 1 training image"):
+    with pytest.raises(DataError, match="no prediction for 1 training image.*edgecxr evaluate RUN --split train"):
+        train_mod.distilled_targets(arrays, cfg)
+
+    # scored on another split (a run with another split_seed): the message says so
+    other = [*records[:2], Record("/x/elsewhere.png", "normal", "q", "s", "adult")]
+    write_predictions(tmp_path / "other split.csv", other, np.full((3, 4), .25), names)
+    cfg.teachers = [str(tmp_path / "other split.csv")]
+    with pytest.raises(DataError, match="1 image.*outside this run's training split.*split_seed"):
         train_mod.distilled_targets(arrays, cfg)
 
 

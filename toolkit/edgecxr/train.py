@@ -94,8 +94,12 @@ def distilled_targets(train: SplitArrays, cfg: TrainConfig) -> np.ndarray:
         by_file = {os.path.normpath(r.file): p for r, p in zip(records, probs)}
         missing = [f for f in wanted if f not in by_file]
         if missing:
+            others = len(set(by_file) - set(wanted))
+            hint = (f"it scored {others} image(s) outside this run's training split, so it was made for another "
+                    "split: train with the teacher's data, split_seed and split fractions" if others else
+                    "make one with: edgecxr evaluate RUN --split train")
             raise DataError(f"teacher {path} has no prediction for {len(missing)} training image(s), "
-                            f"e.g. {missing[0]}; make one with: edgecxr evaluate RUN --split train")
+                            f"e.g. {missing[0]}; {hint}")
         total += np.stack([by_file[f] for f in wanted])
     teacher = total / len(cfg.teachers)
     return ((1 - cfg.distill_weight) * train.targets + cfg.distill_weight * teacher).astype(np.float32)
