@@ -30,7 +30,7 @@ def load_model(run_dir: Path, rewrite_hard_swish: bool = False):
     """``model.load_run_model``, remembered for the process while the checkpoint is unchanged.
 
     Building tf_keras MobileNetV3 takes seconds; exporting several modes of one run in one process
-    (tests, notebooks, a script exporting every mode) builds it once. Nothing in this module
+    (tests, notebooks, a script exporting every mode) builds it once. Nothing in the export
     changes a loaded model's weights (QAT trains a clone), so sharing it is safe.
     """
     from .model import load_run_model
@@ -145,8 +145,6 @@ def _serving_function(model, size: int):
     tf = require_tf()
     return tf.function(lambda x: model(x, training=False),
                        input_signature=[tf.TensorSpec((1, size, size, 3), tf.float32, name="image")])
-
-
 
 
 def make_converter(model, size: int):

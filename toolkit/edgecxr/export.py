@@ -352,7 +352,7 @@ def remedy(opts: ExportOptions, cfg, notes: dict | None = None) -> str:
             "trained on, and report the run if it does")
 
 
-# --- data for calibration, QAT and the guard -------------------------------------------------------
+# --- int8 calibration --------------------------------------------------------------------------
 
 
 def representative_sample(records: Sequence, n: int, seed: int = 0) -> list[int]:
@@ -449,9 +449,6 @@ def convert(model, cfg, opts: ExportOptions, guard_data: GuardData, notes: dict,
     return tflite
 
 
-# --- remedy (a): selective quantization ---------------------------------------------------------------
-# --- remedy (b): quantization-aware training ------------------------------------------------------------
-# --- the accuracy guard -------------------------------------------------------------------------------
 # --- speed facts ------------------------------------------------------------------------------------
 
 
@@ -470,7 +467,3 @@ def quick_latency(model_path: Path, image: np.ndarray, runs: int = 20) -> float 
         clf.predict_arrays(image)
         times.append((time.perf_counter() - t0) * 1e3)
     return round(float(np.median(times)), 3)
-
-
-# --- the model card -------------------------------------------------------------------------------------
-# --- formatting -------------------------------------------------------------------------------------

@@ -29,8 +29,8 @@ _OUTPUT_ONLY_CONFIG = None
 def quantization_aware(model, cfg, guard_data: GuardData, epochs: int, notes: dict, log):
     """Fine-tune a fake-quantized copy of the model on the training split; return it for conversion.
 
-    ``model`` is the flat graph from :func:`_graph_for_conversion` (tfmot needs it flat, without
-    the head's BatchNorm). Whole-model QAT if tfmot supports every layer, else head-only QAT with
+    ``model`` is the flat graph from :func:`edgecxr.converter.fold_head_batchnorm` (tfmot needs it
+    flat, without the head's BatchNorm). Whole-model QAT if tfmot supports every layer, else head-only QAT with
     the backbone frozen (nothing in it is fake-quantized, so training it would not help).
 
     The targets are the float model's own probabilities (distillation), not the labels: the point
