@@ -20,7 +20,7 @@ import numpy as np
 
 from edgecxr import data as data_mod
 from edgecxr.errors import EdgeCXRError
-from edgecxr.evaluate import _select, load_eval_arrays, write_predictions
+from edgecxr.evaluate import select_split, load_eval_arrays, write_predictions
 from edgecxr.model import load_run_model
 
 
@@ -32,7 +32,7 @@ def main(argv=None) -> int:
         for run in map(Path, args.runs):
             model, cfg = load_run_model(run)
             records = data_mod.load_records(cfg.data, tuple(cfg.extra_data))
-            records = _select(records, "val", run / "splits.csv")
+            records = select_split(records, "val", run / "splits.csv")
             images, kept = load_eval_arrays(records, cfg.image_size, cfg.equalize)
             mirrored = np.ascontiguousarray(images[:, :, ::-1]).astype(np.float32)
             probs = model.predict(mirrored, batch_size=64, verbose=0)

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Regenerate the shipped model in models/ from ../shared/data/cxr with fixed seeds.
 #
-#   bash benchmarks/ship_model.sh                 # train, export, score: about 50 min on 2 cores
+#   bash benchmarks/ship_model.sh                 # train, export, score: about 45 min on 2 cores
 #   RUN=runs/cue45 bash benchmarks/ship_model.sh  # a run that already has metrics.json is reused
 #
 # The shipped model is one MobileNetV3Small (minimalistic) trained with the source-cue augmentations

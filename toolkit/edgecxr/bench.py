@@ -455,11 +455,11 @@ def _records(data, extra, split, splits_file, limit, notes):
             raise DataError("--split/--splits need --data")
         return None
     from .data import load_records
-    from .evaluate import _select
+    from .evaluate import select_split
 
     records = load_records(data, extra, notes=notes)
     if split and split != "all":
-        records = _select(records, split, Path(splits_file) if splits_file else None)
+        records = select_split(records, split, Path(splits_file) if splits_file else None)
     if limit is not None and 0 < limit < len(records):
         # Records come grouped by class; a seeded sample keeps every class in a small --limit.
         keep = np.sort(np.random.default_rng(0).choice(len(records), size=limit, replace=False))

@@ -23,7 +23,7 @@ def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def _select(records, split: str, splits_file: Path | None):
+def select_split(records, split: str, splits_file: Path | None):
     """The records of one split; ``all`` (or no split file) means every record."""
     if split == "all":
         return records
@@ -92,7 +92,7 @@ def evaluate(target: str | Path, data: str | None = None, split: str = "test",
     if split != "all" and splits_file is None:
         _log(f"no splits file given: evaluating every image in {data}")
         split = "all"
-    records = _select(data_mod.load_records(data, extra), split, Path(splits_file) if splits_file else None)
+    records = select_split(data_mod.load_records(data, extra), split, Path(splits_file) if splits_file else None)
     images, kept = load_eval_arrays(records, size, equalize)
     if not kept:
         raise DataError(f"no readable images to evaluate in {data}")
