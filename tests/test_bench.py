@@ -200,3 +200,40 @@ def test_cli_bench_exits_nonzero_when_every_model_fails(tmp_path):
     bad.write_text("nope")
     result = CliRunner().invoke(main, ["bench", str(bad), "--runs", "2"])
     assert result.exit_code == 1 and "failed" in result.stdout and "Traceback" not in result.stderr
+
+
+def test_cli_bench_exits_nonzero_when_any_model_fails_and_still_reports_the_rest(tiny_tflite, tmp_path):
+    bad = tmp_path / "bad.tflite"
+    bad.write_text("nope")
+    result = CliRunner().invoke(main, ["bench", str(tiny_tflite.int8), str(bad), "--runs", "2", "--warmup", "0"])
+    assert result.exit_code == 1
+    assert "tiny int8.tflite" in result.stdout and "failed" in result.stdout
+    assert "1 of 2 rows failed" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("extra_args, named", [
+    (["--limit", "3"], "--limit"),
+    (["--split", "val"], "--split"),
+    (["--extra-data", "somewhere"], "--extra-data"),
+])
+def test_cli_bench_refuses_data_options_without_data(tiny_tflite, extra_args, named):
+    result = CliRunner().invoke(main, ["bench", str(tiny_tflite.int8), "--runs", "2", *extra_args])
+    assert result.exit_code == 1
+    assert result.stderr.strip() == f"error: {named} needs --data DATA (labelled images)"
+
+
+def test_cli_bench_plot_without_data_fails_before_benchmarking(tiny_tflite, tmp_path):
+    result = CliRunner().invoke(main, ["bench", str(tiny_tflite.int8), "--plot", str(tmp_path / "p.png")])
+    assert result.exit_code == 1 and "--plot" in result.stderr and "--data" in result.stderr
+    assert result.stdout == "" and not (tmp_path / "p.png").exists()
+
+
+def test_bench_with_splits_but_no_split_scores_the_test_split(tiny_tflite, synthetic_folder, tmp_path):
+    records = load_records(synthetic_folder, notes=[])
+    splits_csv = tmp_path / "splits.csv"
+    splits = split_by_patient(records, 0.25, 0.25, seed=0)
+    save_splits(splits_csv, records, splits)
+    report = bench([tiny_tflite.int8], data=synthetic_folder, splits_file=splits_csv, **FAST)
+    assert report.rows[0].n_images == splits.count("test") > 0
+    assert splits.count("test") < len(records)
+    assert any("scoring the test split" in note for note in report.notes)

@@ -137,7 +137,7 @@ def test_manifest_in_shared_data_style(tmp_path):
     ]
     text = " | ".join(notes)
     assert "'tuberculosis' (1)" in text and "does not exist (e.g. normal/gone.jpg)" in text
-    assert "1 of 5 images have no patient id" in text
+    assert "1 of 5 images have no patient id" in text and "fill in the manifest's patient_id column" in text
 
 
 def test_kermany_pneumonia_folder_gets_subtypes_from_file_names(tmp_path):

@@ -347,3 +347,31 @@ def test_predict_on_an_empty_folder_fails_after_the_others(tiny_tflite, tmp_path
     assert result.exit_code == 1
     assert result.stdout.startswith(f"{image}: normal")
     assert f"error: {empty}: no images in this folder" in result.stderr
+
+
+def test_predict_json_reports_failures_as_json_lines(tiny_tflite, predict_inputs):
+    empty = predict_inputs.folder.parent / "empty"
+    empty.mkdir()
+    args = ["predict", str(predict_inputs.loose), str(predict_inputs.bad[0]), str(empty),
+            "--model", str(tiny_tflite.int8), "--json"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 1
+    records = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [r["file"] for r in records] == [str(empty), str(predict_inputs.loose), str(predict_inputs.bad[0])]
+    assert "no images in this folder" in records[0]["error"] and "label" not in records[0]
+    assert records[1]["label"] == "bacterial" and "error" not in records[1]
+    assert "not a readable image" in records[2]["error"]
+    assert "2 of 3 inputs failed" in result.stderr
+
+
+def test_describe_names_float_weights_as_float32(tiny_tflite):
+    assert ": float32 weights, float32 input" in Classifier(tiny_tflite.float32).describe()
+    assert ": int8 weights, uint8 input" in Classifier(tiny_tflite.uint8).describe()
+
+
+def test_an_image_over_pillows_pixel_limit_is_called_too_large(tmp_path, monkeypatch):
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # a 40x40 image then counts as a bomb
+    path = tmp_path / "huge.png"
+    Image.new("L", (80, 80)).save(path)
+    with pytest.raises(ImageError, match="huge.png: image too large to decode safely"):
+        load_image(path, 32)

@@ -451,9 +451,14 @@ def _score(row: BenchRow, clf, records, bar) -> None:
 def _records(data, extra, split, splits_file, limit, notes):
     """The records to score, or None without data. ``limit`` samples with a fixed seed."""
     if data is None:
-        if split or splits_file:
-            raise DataError("--split/--splits need --data")
+        given = [name for name, value in (("--split", split), ("--splits", splits_file), ("--extra-data", extra),
+                                          ("--limit", limit)) if value]
+        if given:
+            raise DataError(f"{', '.join(given)} need{'s' if len(given) == 1 else ''} --data DATA (labelled images)")
         return None
+    if splits_file and not split:
+        split = "test"
+        notes.append(f"--splits without --split: scoring the test split of {splits_file}")
     from .data import load_records
     from .evaluate import select_split
 

@@ -125,14 +125,19 @@ def train(data, out, config_file, weights, epochs, image_size, batch_size, seed,
 @main.command()
 @click.argument("target", type=click.Path())
 @click.option("--data", help="Data to evaluate on (default: the run's own data).")
-@click.option("--split", default="test", show_default=True, help="train, val, test or all.")
-@click.option("--splits", "splits_file", type=click.Path(), help="A splits.csv (default: the run's own).")
-@click.option("--extra-data", multiple=True)
-@click.option("--out", type=click.Path(), help="Where to write metrics.json, report.md and plots.")
-@click.option("--threads", type=int, help="Interpreter threads for a .tflite target.")
+@click.option("--split", type=click.Choice(["train", "val", "test", "all"]),
+              help="Which split of --splits to score (default: test if there is a splits file, else all).")
+@click.option("--splits", "splits_file", type=click.Path(exists=True, dir_okay=False),
+              help="A splits.csv (default: the run's own).")
+@click.option("--extra-data", multiple=True, help="More labelled data merged into --data.")
+@click.option("--out", type=click.Path(file_okay=False),
+              help="Where to write metrics.json, report.md and plots (default: RUN/eval-SPLIT for a run, "
+                   "./eval-MODEL-SPLIT for a .tflite).")
+@click.option("--threads", type=click.IntRange(min=1), help="Interpreter threads for a .tflite target.")
 @click.option("--json", "as_json", is_flag=True, help="Print metrics.json instead of the table.")
+@click.option("--force", is_flag=True, help="Overwrite an earlier evaluation in --out.")
 @friendly_errors
-def evaluate(target, data, split, splits_file, extra_data, out, threads, as_json):
+def evaluate(target, data, split, splits_file, extra_data, out, threads, as_json, force):
     """Accuracy, sensitivity, specificity (95% CIs), AUROC, calibration of a run or a .tflite."""
     import json
 
@@ -140,7 +145,7 @@ def evaluate(target, data, split, splits_file, extra_data, out, threads, as_json
     from .evaluate import evaluate as run_evaluation
 
     metrics, out_dir = run_evaluation(target, data=data, split=split, splits_file=splits_file, out=out,
-                                      extra=tuple(extra_data), threads=threads)
+                                      extra=tuple(extra_data), threads=threads, force=force)
     click.echo(json.dumps(metrics, indent=2) if as_json else metrics_mod.format_metrics(metrics))
     click.echo(f"wrote {out_dir / 'metrics.json'} and {out_dir / 'report.md'}", err=True)
 
@@ -196,25 +201,31 @@ def export(run_dir, quantize, io, force, max_drop, representative, keep_float, q
 def predict(images, model_path, as_json, threads):
     """Classify chest X-ray IMAGES (files, or folders of images) with a .tflite model.
 
-    Prints the label and every class probability; unreadable files get one line on stderr and the
-    rest still run (exit code 1 at the end if any failed). Research use only: not a diagnosis.
+    Prints the label and every class probability; unreadable files get one line on stderr (and,
+    with --json, a line {"file": ..., "error": ...}) and the rest still run (exit code 1 at the end
+    if any failed). Research use only: not a diagnosis.
     """
     import json
 
     from .errors import ImageError
     from .runtime import Classifier, expand_images
 
+    def report_failure(file, message):
+        click.echo(f"error: {message}", err=True)
+        if as_json:
+            click.echo(json.dumps({"file": file, "error": message}))
+
     clf = Classifier(model_path, num_threads=threads)
     click.echo(f"model {clf.describe()}", err=True)
     files, problems = expand_images(images)
-    for message in problems:
-        click.echo(f"error: {message}", err=True)
+    for folder, message in problems:
+        report_failure(folder, message)
     failed = len(problems)
     for file in files:
         try:
             prediction = clf.predict(file)
         except ImageError as exc:
-            click.echo(f"error: {exc}", err=True)
+            report_failure(file, str(exc))
             failed += 1
             continue
         click.echo(json.dumps(prediction.to_dict()) if as_json else prediction.to_text())
@@ -260,8 +271,9 @@ def _command_line(ctx) -> str:
 @click.argument("models", nargs=-1, type=click.Path(dir_okay=False))
 @click.option("--data", help="Labelled images (class folders or manifest) for accuracy and end-to-end timing.")
 @click.option("--extra-data", multiple=True, help="More labelled data merged into --data.")
-@click.option("--split", help="Score only this split (train, val, test) of --splits.")
-@click.option("--splits", "splits_file", type=click.Path(dir_okay=False), help="A splits.csv, e.g. a run's.")
+@click.option("--split", type=click.Choice(["train", "val", "test", "all"]),
+              help="Score only this split of --splits (default with --splits: test).")
+@click.option("--splits", "splits_file", type=click.Path(exists=True, dir_okay=False), help="A splits.csv, e.g. a run's.")
 @click.option("--threads", default="1", show_default=True, callback=_thread_counts,
               help="Comma-separated thread counts to compare, e.g. 1,2,4.")
 @click.option("--runs", default=50, show_default=True, type=click.IntRange(min=1), help="Timed runs.")
@@ -278,11 +290,15 @@ def bench(models, data, extra_data, split, splits_file, threads, runs, warmup, l
     """Latency, memory and accuracy of .tflite MODELS as one table (default: the shipped model).
 
     Latency follows TFLite's benchmark_model (init, first, warm-up, then mean/std/p50/p90/p99) for
-    invoke() alone and end to end (decode + preprocess + invoke). A model that fails is a row.
+    invoke() alone and end to end (decode + preprocess + invoke). A model that fails is a row, and
+    the exit code is 1 if any did.
     """
     from .bench import bench as run_bench
+    from .errors import EdgeCXRError
     from .io import atomic_write_text, refuse_overwrite
 
+    if plot and not data:
+        raise EdgeCXRError("--plot draws latency against accuracy: it needs --data DATA")
     for path in (out, plot):
         if path:
             refuse_overwrite(path, force)
@@ -303,7 +319,9 @@ def bench(models, data, extra_data, split, splits_file, threads, runs, warmup, l
         written = plot_tradeoff(points, plot)
         click.echo(f"wrote {written}" if written else
                    "no plot: it needs --data (for accuracy), an ok row and matplotlib", err=True)
-    if report.rows and all(row.status != "ok" for row in report.rows):
+    failed = [row for row in report.rows if row.status != "ok"]
+    if failed:
+        click.echo(f"{len(failed)} of {len(report.rows)} rows failed", err=True)
         sys.exit(1)
 
 

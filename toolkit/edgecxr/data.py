@@ -272,11 +272,13 @@ def _read_folders(root: Path) -> _Dataset:
     return _Dataset(records, notes, "folders")
 
 
-def _no_patient_note(n: int, total: int) -> str:
+def _no_patient_note(n: int, total: int, manifest: bool = False) -> str:
+    where = ("the manifest has no patient_id for them and the file names follow no known pattern"
+             if manifest else "no manifest, unknown file-name pattern")
+    fix = "fill in the manifest's patient_id column" if manifest else "add a MANIFEST.csv with a patient_id column"
     return (
-        f"{n} of {total} images have no patient id (no manifest, unknown file-name pattern): each is "
-        f"treated as its own patient, so one patient's images may land in different splits; "
-        f"add a manifest.csv with a patient_id column"
+        f"{n} of {total} images have no patient id ({where}): each is treated as its own patient, "
+        f"so one patient's images may land in different splits; {fix}"
     )
 
 
@@ -328,7 +330,7 @@ def _read_manifest(csv_path: Path) -> _Dataset:
     if repeats:
         notes.append(f"skipped {repeats} repeated manifest rows for the same file")
     if guessed:
-        notes.append(_no_patient_note(guessed, len(records)))
+        notes.append(_no_patient_note(guessed, len(records), manifest=True))
     return _Dataset(records, notes, "manifest", str(csv_path))
 
 

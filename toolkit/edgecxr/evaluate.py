@@ -16,7 +16,7 @@ import numpy as np
 from . import data as data_mod
 from . import metrics as metrics_mod
 from .errors import DataError, ModelFileError
-from .io import atomic_write_text
+from .io import atomic_write_text, refuse_overwrite
 
 
 def _log(msg: str) -> None:
@@ -27,8 +27,10 @@ def select_split(records, split: str, splits_file: Path | None):
     """The records of one split; ``all`` (or no split file) means every record."""
     if split == "all":
         return records
-    if splits_file is None or not Path(splits_file).is_file():
-        raise DataError(f"--split {split} needs a splits.csv (pass --splits FILE or --split all)")
+    if splits_file is None:
+        raise DataError(f"--split {split} needs a splits.csv (pass --splits FILE, e.g. a run's, or --split all)")
+    if not Path(splits_file).is_file():
+        raise DataError(f"{splits_file}: splits file not found")
     splits = data_mod.load_splits(splits_file, records)
     data_mod.check_leakage(records, splits)
     chosen = [r for r, s in zip(records, splits) if s == split]
@@ -55,10 +57,17 @@ def score(records, probs, class_names) -> dict:
     )
 
 
-def evaluate(target: str | Path, data: str | None = None, split: str = "test",
+def evaluate(target: str | Path, data: str | None = None, split: str | None = None,
              splits_file: str | None = None, out: str | Path | None = None,
-             extra: tuple[str, ...] = (), threads: int | None = None) -> tuple[dict, Path]:
-    """Score ``target`` on ``data`` and write metrics.json, report.md and plots; return both."""
+             extra: tuple[str, ...] = (), threads: int | None = None,
+             force: bool = False) -> tuple[dict, Path]:
+    """Score ``target`` on ``data`` and write metrics.json, report.md and plots; return both.
+
+    ``split`` None means the test split when a splits file is known, else every image. Results go
+    to ``out``, by default ``RUN/eval-SPLIT`` for a run and ``./eval-MODEL-SPLIT`` for a model file:
+    never beside a model file, which may sit in a checkout (the shipped one does) or a read-only
+    folder. An earlier evaluation there is kept unless ``force``.
+    """
     from . import report
 
     target = Path(target)
@@ -76,7 +85,7 @@ def evaluate(target: str | Path, data: str | None = None, split: str = "test",
         def predict(images):
             return model.predict(images.astype(np.float32), batch_size=64, verbose=0)
 
-        default_out = target / f"eval-{split}"
+        default_dir, prefix = target, "eval"
     elif target.is_file():
         from .runtime import Classifier
 
@@ -85,21 +94,27 @@ def evaluate(target: str | Path, data: str | None = None, split: str = "test",
         clf = Classifier(target, num_threads=threads)
         class_names, size, equalize = list(clf.spec.class_names), clf.spec.image_size, clf.spec.equalize
         predict = clf.predict_arrays
-        default_out = target.parent / f"eval-{target.stem}-{split}"
+        default_dir, prefix = Path.cwd(), f"eval-{target.stem}"
     else:
         raise ModelFileError(f"{target}: neither a run directory nor a model file")
 
-    if split != "all" and splits_file is None:
-        _log(f"no splits file given: evaluating every image in {data}")
-        split = "all"
-    records = select_split(data_mod.load_records(data, extra), split, Path(splits_file) if splits_file else None)
+    if split is None:
+        split = "test" if splits_file else "all"
+        if not splits_file:
+            _log(f"no splits file given: evaluating every image in {data}")
+    out_dir = Path(out) if out else default_dir / f"{prefix}-{split}"
+    refuse_overwrite(out_dir / "metrics.json", force)
+    notes: list[str] = []
+    records = data_mod.load_records(data, extra, notes=notes)
+    for note in notes:
+        _log(f"note: {note}")
+    records = select_split(records, split, Path(splits_file) if splits_file else None)
     images, kept = load_eval_arrays(records, size, equalize)
     if not kept:
         raise DataError(f"no readable images to evaluate in {data}")
     probs = predict(images)
     metrics = score(kept, probs, class_names)
     metrics["evaluated"] = {"target": str(target), "data": str(data), "split": split, "images": len(kept)}
-    out_dir = Path(out) if out else default_out
     report.write_evaluation(metrics, out_dir, title=f"{target.name} on {Path(data).name} ({split})")
     write_predictions(out_dir / "predictions.csv", kept, probs, class_names)
     return metrics, out_dir

@@ -35,6 +35,8 @@ def _open(source: Source) -> Image.Image:
         return img
     except FileNotFoundError:
         raise ImageError(f"{source}: file not found") from None
+    except Image.DecompressionBombError as exc:  # Pillow's limit against memory exhaustion
+        raise ImageError(f"{_name(source)}: image too large to decode safely ({exc})") from None
     except (UnidentifiedImageError, *_DECODE_ERRORS) as exc:
         raise ImageError(f"{_name(source)}: not a readable image ({exc.__class__.__name__})") from None
 

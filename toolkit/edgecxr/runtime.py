@@ -118,12 +118,13 @@ def _version(metadata, dist: str) -> str:
         return "unknown"
 
 
-def expand_images(paths) -> tuple[list[str], list[str]]:
+def expand_images(paths) -> tuple[list[str], list[tuple[str, str]]]:
     """Files to classify from command-line arguments: files as given, folders by their images.
 
     Folders are searched recursively (collections keep one sub-folder per class) for the suffixes
-    ``preprocess`` knows. Returns ``(files, problems)``: a folder without images is a problem, not
-    an error, so the other arguments still run. Missing files are kept: predicting them reports them.
+    ``preprocess`` knows. Returns ``(files, problems)``, problems as ``(folder, message)``: a
+    folder without images is a problem, not an error, so the other arguments still run. Missing
+    files are kept: predicting them reports them.
     """
     from .preprocess import IMAGE_SUFFIXES
 
@@ -135,7 +136,7 @@ def expand_images(paths) -> tuple[list[str], list[str]]:
             continue
         found = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
         if not found:
-            problems.append(f"{path}: no images in this folder")
+            problems.append((str(path), f"{path}: no images in this folder"))
         files += [str(p) for p in found]
     return files, problems
 
@@ -292,8 +293,10 @@ class Classifier:
         """One line naming the model and how it runs, for CLI headers."""
         xnn = {True: "XNNPACK on", False: "XNNPACK off", None: "XNNPACK unknown"}[self.xnnpack]
         threads = self.num_threads if self.num_threads is not None else "default"
+        weights = {"none": "float32", "dynamic": "int8 (dynamic-range)"}.get(self.spec.quantization,
+                                                                          self.spec.quantization)
         return (
-            f"{self.model_path.name}: {self.spec.quantization} weights, {self.input_dtype} input, "
+            f"{self.model_path.name}: {weights} weights, {self.input_dtype} input, "
             f"{self.image_size} px, classes {', '.join(self.class_names)}; "
             f"{self.interpreter_name} {self.interpreter_version}, {xnn}, threads {threads}"
         )

@@ -1,0 +1,57 @@
+"""`edgecxr evaluate` on an exported .tflite: where results go, and which mistakes it refuses."""
+
+from __future__ import annotations
+
+import json
+
+from click.testing import CliRunner
+
+from edgecxr.cli import main
+
+
+def _evaluate(*args):
+    return CliRunner().invoke(main, ["evaluate", *map(str, args)])
+
+
+def test_results_go_to_the_working_directory_not_beside_the_model(tiny_tflite, synthetic_folder, tmp_path,
+                                                                   monkeypatch):
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    beside = set(tiny_tflite.int8.parent.iterdir())
+    result = _evaluate(tiny_tflite.int8, "--data", synthetic_folder)
+    assert result.exit_code == 0, result.stderr
+    out = work / "eval-tiny int8-all"  # no splits file: every image, and the name says so
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["evaluated"]["split"] == "all" and metrics["evaluated"]["images"] == 48
+    assert (out / "report.md").is_file() and (out / "predictions.csv").is_file()
+    assert set(tiny_tflite.int8.parent.iterdir()) == beside
+    assert "no splits file given: evaluating every image" in result.stderr
+
+
+def test_an_earlier_evaluation_is_kept_unless_forced(tiny_tflite, synthetic_folder, tmp_path):
+    out = tmp_path / "ev"
+    assert _evaluate(tiny_tflite.int8, "--data", synthetic_folder, "--out", out).exit_code == 0
+    (out / "report.md").write_text("my notes")
+    again = _evaluate(tiny_tflite.int8, "--data", synthetic_folder, "--out", out)
+    assert again.exit_code == 1 and "already exists" in again.stderr and "--force" in again.stderr
+    assert (out / "report.md").read_text() == "my notes"
+    forced = _evaluate(tiny_tflite.int8, "--data", synthetic_folder, "--out", out, "--force")
+    assert forced.exit_code == 0, forced.stderr
+    assert (out / "report.md").read_text() != "my notes"
+
+
+def test_an_explicit_split_without_a_splits_file_is_refused(tiny_tflite, synthetic_folder, tmp_path):
+    result = _evaluate(tiny_tflite.int8, "--data", synthetic_folder, "--split", "test", "--out", tmp_path / "e")
+    assert result.exit_code == 1
+    assert result.stderr.strip() == ("error: --split test needs a splits.csv "
+                                     "(pass --splits FILE, e.g. a run's, or --split all)")
+    assert not (tmp_path / "e").exists()
+
+
+def test_option_mistakes_are_usage_errors(tiny_tflite, synthetic_folder, tmp_path):
+    for args, named in ((["--split", "bogus"], "--split"), (["--threads", "0"], "--threads"),
+                        (["--splits", tmp_path / "missing.csv"], "--splits")):
+        result = _evaluate(tiny_tflite.int8, "--data", synthetic_folder, *args)
+        assert result.exit_code == 2, args
+        assert named in result.stderr and "Traceback" not in result.stderr
