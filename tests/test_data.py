@@ -182,6 +182,16 @@ def test_unusable_input_raises_data_error(tmp_path, make, message):
         data.load_records(make(tmp_path))
 
 
+def test_loose_images_or_unknown_folders_are_named_in_the_error(tmp_path):
+    for name in ("a.png", "b.jpg"):
+        _write_image(tmp_path / "loose" / name)
+    with pytest.raises(DataError, match="loose: 2 images but no class sub-folders; expected one sub-folder per class"):
+        data.load_records(tmp_path / "loose")
+    _write_image(tmp_path / "other" / "scans" / "a.png")
+    with pytest.raises(DataError, match=r"other: no class sub-folders \(found scans\)"):
+        data.load_records(tmp_path / "other")
+
+
 def test_class_folders_without_images_raise(tmp_path):
     (tmp_path / "normal").mkdir()
     (tmp_path / "covid19").mkdir()

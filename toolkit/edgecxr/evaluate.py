@@ -109,6 +109,7 @@ def evaluate(target: str | Path, data: str | None = None, split: str | None = No
     for note in notes:
         _log(f"note: {note}")
     records = select_split(records, split, Path(splits_file) if splits_file else None)
+    _log(f"scoring {target.name} on {len(records)} images ({split})")
     images, kept = load_eval_arrays(records, size, equalize)
     if not kept:
         raise DataError(f"no readable images to evaluate in {data}")
