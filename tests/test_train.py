@@ -81,8 +81,61 @@ def test_resume_continues_where_the_run_stopped(easy_data, tmp_path):
     train_mod.train(cfg, run)
     result = CliRunner().invoke(main, ["train", "--out", str(run), "--resume", "--epochs", "2"])
     assert result.exit_code == 0, result.output
-    assert [r["epoch"] for r in history(run)] == ["0", "1"]
+    rows = history(run)
+    assert [r["epoch"] for r in rows] == ["0", "1"]
     assert json.loads((run / "checkpoints/state.json").read_text())["epoch"] == 2
+    for row in rows:  # one header for both sessions, every value under its own column
+        assert 0.0 <= float(row["val_accuracy"]) <= 1.0 and float(row["loss"]) > 0
+        assert row["best"] in ("0.0", "1.0") and float(row["epoch_seconds"]) > 0
+    finished = (run / "metrics.json").stat().st_mtime_ns
+    again = CliRunner().invoke(main, ["train", "--out", str(run), "--resume"])
+    assert again.exit_code == 0 and "already finished 2 of 2 epochs" in again.output
+    assert (run / "metrics.json").stat().st_mtime_ns == finished and len(history(run)) == 2
+
+
+def test_force_starts_over_with_a_new_split_and_no_stale_exports(easy_data, tmp_path):
+    run = tmp_path / "redo"
+    train_mod.train(TrainConfig(data=str(easy_data), epochs=1, **EASY), run)
+    for stale in ("export/old.tflite", "eval-val/metrics.json"):
+        (run / stale).parent.mkdir(exist_ok=True)
+        (run / stale).write_text("from the earlier run")
+    (run / "my notes.txt").write_text("mine")
+    before = Counter(row["split"] for row in csv.DictReader(open(run / "splits.csv")))
+    cfg = TrainConfig(data=str(easy_data), epochs=1, **{**EASY, "val_fraction": 0.5})
+    train_mod.train(cfg, run, force=True)
+    after = Counter(row["split"] for row in csv.DictReader(open(run / "splits.csv")))
+    assert after["val"] > before["val"]
+    assert not (run / "export").exists() and not (run / "eval-val").exists()
+    assert (run / "my notes.txt").read_text() == "mine" and len(history(run)) == 1
+
+
+def test_a_run_that_fails_before_its_first_epoch_leaves_nothing_behind(easy_data, tmp_path, monkeypatch):
+    from edgecxr import model as model_mod
+    from edgecxr.errors import WeightsError
+
+    def no_download(cfg):
+        raise WeightsError("could not download ImageNet weights (offline)")
+
+    monkeypatch.setattr(model_mod, "build_model", no_download)
+    new, existing = tmp_path / "new run", tmp_path / "existing"
+    existing.mkdir()
+    (existing / "my notes.txt").write_text("mine")
+    for run in (new, existing):
+        with pytest.raises(WeightsError):
+            train_mod.train(TrainConfig(data=str(easy_data), epochs=1, **EASY), run, force=True)
+    assert not new.exists()
+    assert sorted(p.name for p in existing.iterdir()) == ["my notes.txt"]
+    result = CliRunner().invoke(main, ["train", str(easy_data), "--out", str(new), "--weights", str(tmp_path / "no.h5")])
+    assert result.exit_code == 1 and "weights file not found" in result.output and not new.exists()
+
+
+def test_val_loss_as_monitor_keeps_the_lowest_loss():
+    lowest = train_mod.Checkpointer.__new__(train_mod.Checkpointer)
+    lowest.cfg = TrainConfig(monitor="val_loss")
+    assert lowest.better(0.4, 0.5) and not lowest.better(0.6, 0.5)
+    highest = train_mod.Checkpointer.__new__(train_mod.Checkpointer)
+    highest.cfg = TrainConfig(monitor="val_macro_sensitivity")
+    assert highest.better(0.6, 0.5) and not highest.better(0.4, 0.5)
 
 
 def test_interrupt_leaves_a_usable_checkpoint(easy_data, tmp_path, monkeypatch):
@@ -124,6 +177,13 @@ def test_cli_errors_are_one_line(tmp_path):
     assert result.output.startswith("error:") and result.output.count("\n") == 1
     result = CliRunner().invoke(main, ["train", str(tmp_path), "--out", str(tmp_path / "r2"), "--set", "nonsense=1"])
     assert result.exit_code == 1 and "nonsense" in result.output
+    for setting, message in (("epochs=two", "epochs must be a whole number, not 'two'"),
+                             ("class_names=normal", "class_names must be a JSON list of strings"),
+                             ("monitor=val_acc", "monitor must be one of val_accuracy"),
+                             ("dropout=1.5", "dropout and label_smoothing must be in [0, 1)")):
+        result = CliRunner().invoke(main, ["train", str(tmp_path), "--out", str(tmp_path / "r3"), "--set", setting])
+        assert result.exit_code == 1 and message in result.output, setting
+        assert result.output.count("\n") == 1 and not (tmp_path / "r3").exists()
 
 
 def test_oversampling_balances_classes_and_age_groups():
@@ -163,7 +223,7 @@ def test_evaluate_a_run_reproduces_its_validation_metrics(trained_run, tmp_path)
     out = tmp_path / "eval out"
     result = CliRunner().invoke(main, ["evaluate", str(trained_run), "--split", "val", "--out", str(out)])
     assert result.exit_code == 0, result.output
-    assert result.output.startswith("accuracy ")
+    assert result.stdout.startswith("accuracy ")
     evaluated = json.loads((out / "metrics.json").read_text())
     trained = json.loads((trained_run / "metrics.json").read_text())
     assert evaluated["accuracy"]["k"] == trained["accuracy"]["k"]

@@ -14,6 +14,9 @@ from . import CLASS_NAMES
 from .errors import EdgeCXRError
 
 
+MONITORS = ("val_accuracy", "val_macro_sensitivity", "val_covid_sensitivity", "val_loss")
+
+
 @dataclass
 class TrainConfig:
     # data
@@ -58,7 +61,7 @@ class TrainConfig:
     teachers: list[str] = field(default_factory=list)
     distill_weight: float = 0.5
     early_stopping: int = 0  # patience in epochs; 0 = off
-    monitor: str = "val_accuracy"
+    monitor: str = "val_accuracy"  # one of MONITORS; the best checkpoint maximises it (val_loss: minimises)
     # augmentation (training split only)
     augment: bool = True
     augmentation: str = "affine"  # affine (one warp per image) | keras_layers (runs before 2026-11-26)
@@ -96,11 +99,13 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict, source: str = "config") -> "TrainConfig":
+        if not isinstance(data, dict):
+            raise EdgeCXRError(f"{source}: a config is a JSON object of settings, not {type(data).__name__}")
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
             raise EdgeCXRError(f"{source}: unknown setting(s) {', '.join(unknown)}")
-        cfg = cls(**data)
+        cfg = cls(**_checked_types(data, source))
         cfg.validate()
         return cfg
 
@@ -128,9 +133,40 @@ class TrainConfig:
             bad("aspect, gamma and border need augmentation=affine")
         if not (0 <= self.aspect < 1 and 0 <= self.border < 0.5 and self.gamma >= 0):
             bad("aspect must be in [0, 1), border in [0, 0.5), gamma at least 0")
+        if not (0 <= self.dropout < 1 and 0 <= self.label_smoothing < 1):
+            bad("dropout and label_smoothing must be in [0, 1)")
+        if self.learning_rate <= 0 or self.alpha <= 0 or self.head_width < 1:
+            bad("learning_rate and alpha must be positive, head_width at least 1")
+        if self.monitor not in MONITORS:
+            bad(f"monitor must be one of {', '.join(MONITORS)}, not {self.monitor!r}")
         if not 0 <= self.distill_weight <= 1:
             bad("distill_weight must be in [0, 1]")
         if self.strategy not in ("default", "mirrored", "multiworker"):
             bad(f"strategy must be default, mirrored or multiworker, not {self.strategy!r}")
         if len(self.class_names) < 2:
             bad("need at least two classes")
+
+
+def _checked_types(data: dict, source: str) -> dict:
+    """Settings with the type their default has, so ``--set epochs=two`` or ``"image_size": 64.5``
+    is a one-line error here rather than a TypeError deep inside Keras or Pillow."""
+    defaults = TrainConfig()
+    checked = {}
+    for name, value in data.items():
+        default = getattr(defaults, name)
+        if isinstance(default, bool):
+            ok, kind = isinstance(value, bool), "true or false"
+        elif isinstance(default, int):
+            ok, kind = isinstance(value, int) and not isinstance(value, bool), "a whole number"
+        elif isinstance(default, float):
+            ok, kind = isinstance(value, (int, float)) and not isinstance(value, bool), "a number"
+            value = float(value) if ok else value
+        elif isinstance(default, list):
+            ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
+            kind = 'a JSON list of strings, e.g. ["a", "b"]'
+        else:
+            ok, kind = isinstance(value, str), "a string"
+        if not ok:
+            raise EdgeCXRError(f"{source}: {name} must be {kind}, not {value!r}")
+        checked[name] = value
+    return checked

@@ -9,6 +9,7 @@ balancing happen in a ``tf.data`` pipeline on the training split only.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import os
@@ -350,16 +351,18 @@ class Checkpointer:
                 logs.update(outer.validate(model))
                 outer._save(model, "last.weights.h5")
                 value = logs.get(outer.cfg.monitor)
-                improved = value is not None and (outer.best is None or value > outer.best)
+                improved = value is not None and (outer.best is None or outer.better(value, outer.best))
                 if improved:
                     outer.best = value
                     outer._save(model, "best.weights.h5")
                 state = {"epoch": epoch + 1, "best": outer.best, "monitor": outer.cfg.monitor}
                 atomic_write_text(outer.ckpt_dir / "state.json", json.dumps(state) + "\n")
-                if improved:
-                    logs["best"] = 1.0
+                logs["best"] = 1.0 if improved else 0.0  # every row has the column: see HistoryWriter
 
         return _CB()
+
+    def better(self, value: float, best: float) -> bool:
+        return value < best if self.cfg.monitor == "val_loss" else value > best
 
     def validate(self, model) -> dict:
         if len(self.val.images) == 0:
@@ -387,13 +390,39 @@ def configure_tensorflow(cfg: TrainConfig):
     return tf, keras
 
 
-def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False, force: bool = False) -> Path:
-    """Train a model and return its run directory."""
-    from . import model as model_mod
-    from . import report
+# What a run directory holds (besides files of the user's own, which are never touched).
+RUN_FILES = ("config.json", "splits.csv", "history.csv", "model_spec.json", "metrics.json", "report.md",
+             "confusion_matrix.png", "reliability.png")
+RUN_DIRS = ("checkpoints", "plots", "export")
 
+
+def clear_run(run_dir: Path) -> list[str]:
+    """Remove an earlier run's files from ``run_dir``; return their names.
+
+    ``--force`` means start over: a kept splits.csv would silently reuse the old split under a config
+    that claims another seed, and kept exports or evaluations would describe a model that is gone.
+    """
+    import shutil
+
+    removed = []
+    for name in RUN_FILES:
+        if (run_dir / name).is_file():
+            (run_dir / name).unlink()
+            removed.append(name)
+    for path in [*(run_dir / d for d in RUN_DIRS), *run_dir.glob("eval-*")]:
+        if path.is_dir():
+            shutil.rmtree(path)
+            removed.append(path.name + "/")
+    return removed
+
+
+def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False, force: bool = False) -> Path:
+    """Train a model and return its run directory.
+
+    A new run that fails before its first epoch is saved (no ImageNet download, a wrong weights
+    file, unusable data) leaves no half-made run behind, so the same command can simply be rerun.
+    """
     run_dir = Path(out_dir)
-    state_path = run_dir / "checkpoints" / "state.json"
     if resume:
         if not (run_dir / "config.json").is_file():
             raise EdgeCXRError(f"--resume: {run_dir} has no config.json to resume from")
@@ -403,6 +432,39 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False, force: bo
     cfg.validate()
     if not cfg.data:
         raise DataError("no data given: pass a folder with class sub-folders or a manifest CSV")
+    if cfg.weights not in ("imagenet", "none", "") and not Path(cfg.weights).is_file():
+        from .model import OFFLINE_HINT
+
+        raise EdgeCXRError(f"weights file not found: {cfg.weights}; {OFFLINE_HINT}")
+    if resume:
+        return _train(cfg, run_dir, resume=True)
+    existed = run_dir.exists()
+    if existed and force:
+        removed = clear_run(run_dir)
+        if removed:
+            log(f"--force: removed the earlier run's {', '.join(removed)} from {run_dir}")
+    try:
+        return _train(cfg, run_dir, resume=False)
+    except BaseException:
+        if not (run_dir / "checkpoints" / "best.weights.h5").is_file():
+            clear_run(run_dir)
+            if not existed and run_dir.is_dir() and not any(run_dir.iterdir()):
+                run_dir.rmdir()
+        raise
+
+
+def _train(cfg: TrainConfig, run_dir: Path, resume: bool) -> Path:
+    from . import model as model_mod
+    from . import report
+
+    state_path = run_dir / "checkpoints" / "state.json"
+    first_epoch, best = 0, None
+    if resume and state_path.is_file():
+        state = json.loads(state_path.read_text())
+        first_epoch, best = int(state["epoch"]), state.get("best")
+        if first_epoch >= cfg.epochs:
+            log(f"{run_dir} already finished {first_epoch} of {cfg.epochs} epochs; raise --epochs to train more")
+            return run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     tf, keras = configure_tensorflow(cfg)
 
@@ -419,13 +481,6 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False, force: bo
     log(f"loaded {len(train_arr.images)} train / {len(val_arr.images)} val images "
         f"at {cfg.image_size}px in {time.time() - t0:.1f}s")
 
-    first_epoch, best = 0, None
-    if resume and state_path.is_file():
-        state = json.loads(state_path.read_text())
-        first_epoch, best = int(state["epoch"]), state.get("best")
-        if first_epoch >= cfg.epochs:
-            log(f"run already finished {first_epoch} of {cfg.epochs} epochs; raise --epochs to train more")
-
     strategy = strategy_for(cfg, tf)
     global_batch = cfg.batch_size * strategy.num_replicas_in_sync
     log(f"training on {strategy.num_replicas_in_sync} replica(s) with {strategy.__class__.__name__}, "
@@ -434,11 +489,7 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False, force: bo
         model = model_mod.build_model(cfg)
         if first_epoch > 0:
             model.load_weights(str(run_dir / "checkpoints" / "last.weights.h5"))
-        epochs_left = cfg.epochs - first_epoch
-        if epochs_left > 0:
-            dataset, steps = make_dataset(train_arr, cfg, first_epoch, tf, keras, global_batch)
-        else:
-            dataset, steps = None, 1
+        dataset, steps = make_dataset(train_arr, cfg, first_epoch, tf, keras, global_batch)
         lr = learning_rate(cfg, steps, keras)
         optimizer = (keras.optimizers.AdamW(lr, weight_decay=cfg.weight_decay) if cfg.weight_decay
                      else keras.optimizers.Adam(lr))
@@ -454,20 +505,20 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False, force: bo
     callbacks = [
         checkpointer.callback(model),
         EpochTimer(keras),
-        keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=first_epoch > 0),
+        HistoryWriter(keras, run_dir / "history.csv", first_epoch),
     ]
     if cfg.early_stopping:
-        callbacks.append(keras.callbacks.EarlyStopping(monitor=cfg.monitor, mode="max", patience=cfg.early_stopping))
+        callbacks.append(keras.callbacks.EarlyStopping(
+            monitor=cfg.monitor, mode="min" if cfg.monitor == "val_loss" else "max", patience=cfg.early_stopping))
     fit_start = time.time()
     interrupted = False
-    if dataset is not None:
-        try:
-            model.fit(dataset, epochs=cfg.epochs, initial_epoch=first_epoch, steps_per_epoch=steps,
-                      callbacks=callbacks, verbose=1 if sys.stdout.isatty() else 2)
-        except KeyboardInterrupt:
-            interrupted = True
-            log(f"interrupted: the last finished epoch is saved in {run_dir / 'checkpoints'}; "
-                f"continue with: edgecxr train --resume --out {run_dir}")
+    try:
+        model.fit(dataset, epochs=cfg.epochs, initial_epoch=first_epoch, steps_per_epoch=steps,
+                  callbacks=callbacks, verbose=1 if sys.stdout.isatty() else 2)
+    except KeyboardInterrupt:
+        interrupted = True
+        log(f"interrupted: the last finished epoch is saved in {run_dir / 'checkpoints'}; "
+            f"continue with: edgecxr train --resume --out {run_dir}")
     fit_seconds = time.time() - fit_start
 
     if not (run_dir / "checkpoints" / "best.weights.h5").is_file():
@@ -497,6 +548,38 @@ class EpochTimer:
                     logs["epoch_seconds"] = time.time() - self.t0
 
         return _Timer()
+
+
+class HistoryWriter:
+    """history.csv: one row per finished epoch, the whole file rewritten atomically each epoch.
+
+    Keras' CSVLogger takes its columns from the first epoch of each session and appends, so a
+    resumed run whose first epoch logged other keys wrote its rows under the wrong header (and the
+    plots drew validation accuracy from the wrong column). Here the columns are the union of every
+    row's keys, and a resumed run keeps exactly the rows of the epochs it resumes after.
+    """
+
+    def __new__(cls, keras, path: Path, first_epoch: int):
+        rows = _read_history(path)[:first_epoch] if first_epoch > 0 else []
+
+        class _Writer(keras.callbacks.Callback):
+            def on_epoch_end(self, epoch, logs=None):
+                rows.append({"epoch": epoch, **{k: float(v) for k, v in (logs or {}).items()}})
+                columns = ["epoch"] + sorted({k for row in rows for k in row} - {"epoch"})
+                buf = io.StringIO()
+                writer = csv.DictWriter(buf, fieldnames=columns, restval="NA", lineterminator="\n")
+                writer.writeheader()
+                writer.writerows(rows)
+                atomic_write_text(path, buf.getvalue())
+
+        return _Writer()
+
+
+def _read_history(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    with path.open(newline="") as fh:
+        return [{k: v for k, v in row.items() if k is not None} for row in csv.DictReader(fh)]
 
 
 def _epochs_in_history(path: Path) -> int:
@@ -535,4 +618,4 @@ def finish(run_dir: Path, cfg: TrainConfig, val: SplitArrays, keras, train_image
     lo, hi = acc.get("ci", [None, None])
     ci = f" (95% CI {lo:.1%}-{hi:.1%})" if lo is not None else ""
     return (f"done: {run_dir} | val accuracy {acc['value']:.1%}{ci} on {len(val.images)} images | "
-            f"{epochs_run} epochs, {per_epoch:.1f}s/epoch | next: edgecxr export {run_dir} --quantize int8")
+            f"{epochs_run} epoch{'s' if epochs_run != 1 else ''}, {per_epoch:.1f}s/epoch | next: edgecxr export {run_dir} --quantize int8")
