@@ -372,6 +372,16 @@ def test_remedy_follows_what_was_tried_and_the_variant():
     after_qat = remedy(ExportOptions(quantize="int8", qat_epochs=2).validated(), standard)
     assert "--qat 4" in after_qat and "--minimalistic" in after_qat
     assert remedy(ExportOptions(quantize="float16").validated(), minimal) == "try --quantize none (float32)"
+    few_calibration = remedy(ExportOptions(quantize="int8", representative=8).validated(), minimal)
+    assert "--representative 200 (calibrate on more than 8 images)" in few_calibration
+    tiny_val = {"guard": {"images": 40, "worst_subgroup": {"subset": "class viral", "drop_points": 12.5},
+                          "subgroups": {"class viral": {"n": 8}}}}
+    tip = remedy(ExportOptions(quantize="int8").validated(), minimal, tiny_val)
+    assert tip.startswith("class viral has only 8 images, so one image is 12.5 points, more than --max-drop 1")
+    assert "otherwise try --keep-float auto" in tip
+    large_val = {"guard": {"images": 900, "worst_subgroup": {"subset": "class viral"},
+                           "subgroups": {"class viral": {"n": 190}}}}
+    assert remedy(ExportOptions(quantize="int8").validated(), minimal, large_val) == first
 
 
 def test_run_model_errors_are_model_file_errors(tmp_path):

@@ -325,7 +325,25 @@ def _guard_reason(guard: GuardReport) -> str:
 
 
 def remedy(opts: ExportOptions, cfg, notes: dict | None = None) -> str:
-    """The next thing to try after a failed guard, for this mode and what was already tried."""
+    """The next thing to try after a failed guard, for this mode and what was already tried.
+
+    On a small validation split one flipped image can be worth more than --max-drop points; no
+    remedy can pass such a guard, so that is said first.
+    """
+    too_few = _one_image_exceeds_max_drop(opts, (notes or {}).get("guard") or {})
+    return f"{too_few}; otherwise {_remedy(opts, cfg, notes)}" if too_few else _remedy(opts, cfg, notes)
+
+
+def _one_image_exceeds_max_drop(opts: ExportOptions, guard: dict) -> str:
+    worst = (guard.get("worst_subgroup") or {}).get("subset")
+    n = (guard.get("subgroups", {}).get(worst) or {}).get("n") if worst else guard.get("images")
+    if not n or 100.0 / n <= opts.max_drop:
+        return ""
+    return (f"{worst or 'the validation split'} has only {n} images, so one image is {100.0 / n:.1f} "
+            f"points, more than --max-drop {opts.max_drop:g}: judge it with a larger --max-drop")
+
+
+def _remedy(opts: ExportOptions, cfg, notes: dict | None = None) -> str:
     if opts.quantize == "int8":
         tips = []
         if not opts.keep_float:
@@ -338,6 +356,8 @@ def remedy(opts: ExportOptions, cfg, notes: dict | None = None) -> str:
             tips.append(f"--qat 3 (quantization-aware fine-tuning, {scope})")
         else:
             tips.append(f"--qat {2 * opts.qat_epochs} (more fine-tuning)")
+        if (opts.representative or 200) < 100:
+            tips.append(f"--representative 200 (calibrate on more than {opts.representative} images)")
         tips.append("--quantize float16")
         if not cfg.minimalistic:
             # measured: the standard model's int8 was slower than float and lost adult normals
