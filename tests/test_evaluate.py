@@ -26,7 +26,7 @@ def test_results_go_to_the_working_directory_not_beside_the_model(tiny_tflite, s
     assert metrics["evaluated"]["split"] == "all" and metrics["evaluated"]["images"] == 48
     assert (out / "report.md").is_file() and (out / "predictions.csv").is_file()
     assert set(tiny_tflite.int8.parent.iterdir()) == beside
-    assert "no splits file given: evaluating every image" in result.stderr
+    assert "no splits file given: scoring every image" in result.stderr
 
 
 def test_an_earlier_evaluation_is_kept_unless_forced(tiny_tflite, synthetic_folder, tmp_path):

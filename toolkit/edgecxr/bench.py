@@ -456,15 +456,13 @@ def _records(data, extra, split, splits_file, limit, notes):
         if given:
             raise DataError(f"{', '.join(given)} need{'s' if len(given) == 1 else ''} --data DATA (labelled images)")
         return None
-    if splits_file and not split:
-        split = "test"
-        notes.append(f"--splits without --split: scoring the test split of {splits_file}")
     from .data import load_records
-    from .evaluate import select_split
+    from .evaluate import default_split, select_split
 
-    records = load_records(data, extra, notes=notes)
-    if split and split != "all":
-        records = select_split(records, split, Path(splits_file) if splits_file else None)
+    split, note = default_split(split, splits_file)
+    if note and splits_file:
+        notes.append(note)
+    records = select_split(load_records(data, extra, notes=notes), split, Path(splits_file) if splits_file else None)
     if limit is not None and 0 < limit < len(records):
         # Records come grouped by class; a seeded sample keeps every class in a small --limit.
         keep = np.sort(np.random.default_rng(0).choice(len(records), size=limit, replace=False))

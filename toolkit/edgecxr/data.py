@@ -246,9 +246,12 @@ def _read_folders(root: Path) -> _Dataset:
     known = [(d, label) for d, label in classes if label is not None]
     if not known:
         loose = sum(1 for p in root.iterdir() if p.is_file() and _is_image(p))
-        found = (f"{loose} image{'s' if loose != 1 else ''} but no class sub-folders" if loose else
-                 f"no class sub-folders (found {', '.join(unknown[:3])}{', ...' if len(unknown) > 3 else ''})"
-                 if unknown else "no images found")
+        if loose:
+            found = f"{loose} image{'s' if loose != 1 else ''} but no class sub-folders"
+        elif unknown:
+            found = f"no class sub-folders (found {', '.join(unknown[:3])}{', ...' if len(unknown) > 3 else ''})"
+        else:
+            found = "no images found"
         raise DataError(
             f"{root}: {found}; expected one sub-folder per class, e.g. normal/ covid19/ bacterial/ viral/, "
             f"or a MANIFEST.csv with file,label columns"

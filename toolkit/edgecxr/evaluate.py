@@ -39,6 +39,16 @@ def select_split(records, split: str, splits_file: Path | None):
     return chosen
 
 
+def default_split(split: str | None, splits_file) -> tuple[str, str | None]:
+    """The split to score when none was named: the test split of a splits file, else every image.
+    Returns it with a note to show the user, or None when the split was named."""
+    if split is not None:
+        return split, None
+    if splits_file:
+        return "test", f"no --split given: scoring the test split of {splits_file}"
+    return "all", "no splits file given: scoring every image"
+
+
 def load_eval_arrays(records, size: int, equalize: bool = False):
     def skipped(path, message):
         _log(f"skipped unreadable image: {message}")
@@ -98,10 +108,9 @@ def evaluate(target: str | Path, data: str | None = None, split: str | None = No
     else:
         raise ModelFileError(f"{target}: neither a run directory nor a model file")
 
-    if split is None:
-        split = "test" if splits_file else "all"
-        if not splits_file:
-            _log(f"no splits file given: evaluating every image in {data}")
+    split, note = default_split(split, splits_file)
+    if note:
+        _log(f"note: {note}")
     out_dir = Path(out) if out else default_dir / f"{prefix}-{split}"
     refuse_overwrite(out_dir / "metrics.json", force)
     notes: list[str] = []

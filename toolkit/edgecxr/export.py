@@ -336,7 +336,7 @@ def remedy(opts: ExportOptions, cfg, notes: dict | None = None) -> str:
 
 def _one_image_exceeds_max_drop(opts: ExportOptions, guard: dict) -> str:
     worst = (guard.get("worst_subgroup") or {}).get("subset")
-    n = (guard.get("subgroups", {}).get(worst) or {}).get("n") if worst else guard.get("images")
+    n = (guard.get("subgroups", {}).get(worst) or {}).get("n") or guard.get("images")
     if not n or 100.0 / n <= opts.max_drop:
         return ""
     return (f"{worst or 'the validation split'} has only {n} images, so one image is {100.0 / n:.1f} "
