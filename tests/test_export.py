@@ -171,6 +171,7 @@ def test_model_card_reports_data_metrics_and_limits(exported, run):
     assert "Calibration: 48 training images" in card
     assert "(0." in card  # confidence intervals
     assert "source/age shortcut" in card
+    assert "- Splits are by patient (no patient in two splits)." in card  # the synthetic names carry patient ids
     assert "ms per image" in card and result.latency_ms > 0
     assert "full-integer" not in exported.cards["float32"] and "Calibration" not in exported.cards["float32"]
 
@@ -387,3 +388,17 @@ def test_remedy_follows_what_was_tried_and_the_variant():
 def test_run_model_errors_are_model_file_errors(tmp_path):
     with pytest.raises(ModelFileError):
         export(tmp_path / "missing", "none", **QUIET)
+
+
+def test_the_card_claims_patient_level_splits_only_when_patients_are_known():
+    from edgecxr.card import split_line
+    from edgecxr.data import Record
+    from edgecxr.guard import _split_summary
+
+    known = [Record("/a.png", "normal", "kermany-IM-1", "kermany", "pediatric"),
+             Record("/b.png", "viral", "kermany-person2", "kermany", "pediatric")]
+    assert split_line(_split_summary(known, ["train", "val"])) == "- Splits are by patient (no patient in two splits)."
+    guessed = known + [Record("/c.png", "normal", "file:x/c.png", "unknown", "unknown")]
+    line = split_line(_split_summary(guessed, ["train", "val", "test"]))
+    assert "1 of 3 images had none" in line and "may be in two splits" in line
+    assert split_line(None).startswith("- Splits are by patient (")  # cards of older exports

@@ -46,7 +46,7 @@ def render_model_card(spec: ModelSpec, guard: GuardReport, *, cfg=None, model_fi
                 f"- Data: `{cfg.data}`" + (f" + {', '.join(f'`{e}`' for e in cfg.extra_data)}" if cfg.extra_data else ""),
                 f"- Weights: {cfg.weights}; {cfg.epochs} epochs, batch {cfg.batch_size}, learning rate "
                 f"{cfg.learning_rate:g} ({cfg.lr_schedule}), balance {cfg.balance}, seed {cfg.seed}",
-                "- Splits are by patient (no patient in two splits)."]
+                split_line(data_summary)]
         if cfg.teachers:
             out.append(f"- Distilled: {cfg.distill_weight:.0%} of every training target is the mean probability "
                        f"of {len(cfg.teachers)} teacher(s) ({', '.join(f'`{t}`' for t in cfg.teachers)})")
@@ -81,6 +81,15 @@ def render_model_card(spec: ModelSpec, guard: GuardReport, *, cfg=None, model_fi
             "into one of them.",
             ""]
     return "\n".join(out)
+
+
+def split_line(data_summary: dict | None) -> str:
+    """Only claim patient-level splits when the data said who the patients are."""
+    missing = (data_summary or {}).get("without_patient_id", 0)
+    if not missing:
+        return "- Splits are by patient (no patient in two splits)."
+    return (f"- Splits are by patient id, but {missing} of {data_summary['images']} images had none and each "
+            f"counts as its own patient: one patient's images may be in two splits")
 
 
 def _quantization_lines(notes: dict) -> list[str]:

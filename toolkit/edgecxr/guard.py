@@ -184,7 +184,10 @@ def _split_summary(records, splits) -> dict:
         by_class[split][rec.label] += 1
         by_source[split][f"{rec.source} ({rec.group})"] += 1
     return {"by_class": {s: dict(c) for s, c in by_class.items()},
-            "by_source": {s: dict(c) for s, c in by_source.items()}}
+            "by_source": {s: dict(c) for s, c in by_source.items()},
+            "images": len(records),
+            # data.py names a patient it could not identify after the file ("file:..."), one per image
+            "without_patient_id": sum(1 for rec in records if rec.patient_id.startswith("file:"))}
 
 
 def keras_probabilities(model, images: np.ndarray, batch: int = 32) -> np.ndarray:
