@@ -84,6 +84,11 @@ class TrainConfig:
     strategy: str = "default"  # default | mirrored | multiworker
     num_threads: int = 0  # TensorFlow intra-op threads; 0 = TensorFlow decides
 
+    @property
+    def monitor_mode(self) -> str:
+        """Whether the best checkpoint has the lowest (a loss) or the highest value of ``monitor``."""
+        return "min" if self.monitor == "val_loss" else "max"
+
     def save(self, path: str | Path) -> None:
         from .io import atomic_write_text
 

@@ -48,15 +48,23 @@ def build_backbone(cfg: TrainConfig):
             reason = str(exc).rsplit(" -- ", 1)[-1][:80] or exc.__class__.__name__
             raise WeightsError(f"could not download ImageNet weights ({reason}); {OFFLINE_HINT}") from None
     backbone = factory(weights=None, **kwargs)
-    if cfg.weights not in ("none", "", None):
-        path = Path(cfg.weights)
-        if not path.is_file():
-            raise WeightsError(f"weights file not found: {path}; {OFFLINE_HINT}")
+    path = weights_file(cfg)
+    if path is not None:
         try:
             backbone.load_weights(str(path))
         except Exception as exc:  # noqa: BLE001 - h5py/Keras raise many types for a wrong file
             raise WeightsError(f"{path}: not weights for this backbone ({exc.__class__.__name__}: {str(exc)[:120]})") from None
     return backbone
+
+
+def weights_file(cfg: TrainConfig) -> Path | None:
+    """The local weights file ``--weights PATH`` names (None for imagenet or none); raises if missing."""
+    if cfg.weights in ("imagenet", "none", "", None):
+        return None
+    path = Path(cfg.weights)
+    if not path.is_file():
+        raise WeightsError(f"weights file not found: {path}; {OFFLINE_HINT}")
+    return path
 
 
 def pretrained(cfg: TrainConfig) -> bool:

@@ -362,7 +362,7 @@ class Checkpointer:
         return _CB()
 
     def better(self, value: float, best: float) -> bool:
-        return value < best if self.cfg.monitor == "val_loss" else value > best
+        return value < best if self.cfg.monitor_mode == "min" else value > best
 
     def validate(self, model) -> dict:
         if len(self.val.images) == 0:
@@ -432,10 +432,9 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False, force: bo
     cfg.validate()
     if not cfg.data:
         raise DataError("no data given: pass a folder with class sub-folders or a manifest CSV")
-    if cfg.weights not in ("imagenet", "none", "") and not Path(cfg.weights).is_file():
-        from .model import OFFLINE_HINT
+    from .model import weights_file
 
-        raise EdgeCXRError(f"weights file not found: {cfg.weights}; {OFFLINE_HINT}")
+    weights_file(cfg)  # a missing --weights PATH fails here, before anything is loaded or written
     if resume:
         return _train(cfg, run_dir, resume=True)
     existed = run_dir.exists()
@@ -509,7 +508,7 @@ def _train(cfg: TrainConfig, run_dir: Path, resume: bool) -> Path:
     ]
     if cfg.early_stopping:
         callbacks.append(keras.callbacks.EarlyStopping(
-            monitor=cfg.monitor, mode="min" if cfg.monitor == "val_loss" else "max", patience=cfg.early_stopping))
+            monitor=cfg.monitor, mode=cfg.monitor_mode, patience=cfg.early_stopping))
     fit_start = time.time()
     interrupted = False
     try:
@@ -527,7 +526,7 @@ def _train(cfg: TrainConfig, run_dir: Path, resume: bool) -> Path:
     report.plot_history(run_dir / "history.csv", run_dir / "plots")
     summary = finish(run_dir, cfg, val_arr, keras, train_images=len(train_arr.images),
                      fit_seconds=fit_seconds, steps=steps, global_batch=global_batch,
-                     epochs_run=_epochs_in_history(run_dir / "history.csv") - first_epoch)
+                     epochs_run=len(_read_history(run_dir / "history.csv")) - first_epoch)
     if interrupted:
         raise KeyboardInterrupt
     log(summary)
@@ -581,12 +580,6 @@ def _read_history(path: Path) -> list[dict]:
     with path.open(newline="") as fh:
         return [{k: v for k, v in row.items() if k is not None} for row in csv.DictReader(fh)]
 
-
-def _epochs_in_history(path: Path) -> int:
-    if not path.is_file():
-        return 0
-    with path.open() as fh:
-        return sum(1 for _ in csv.DictReader(fh))
 
 
 def finish(run_dir: Path, cfg: TrainConfig, val: SplitArrays, keras, train_images: int,
