@@ -46,7 +46,9 @@ from edgecxr.errors import DataError, LeakageError
         ("pneumonia_unspecified", "pneumonia_unspecified"),
         ("PNEUMONIA", "pneumonia_unspecified"),
         ("notes", None),
-        ("tuberculosis", None),
+        ("tuberculosis", "tuberculosis"),
+        ("TB", "tuberculosis"),
+        ("effusion", None),
     ],
 )
 def test_canonical_label_aliases(name, label):
@@ -136,7 +138,7 @@ def test_manifest_in_shared_data_style(tmp_path):
         ("pneumonia_unspecified", "file:" + tmp_path.name + "/other/odd.png", "unknown", "unknown"),
     ]
     text = " | ".join(notes)
-    assert "'tuberculosis' (1)" in text and "does not exist (e.g. normal/gone.jpg)" in text
+    assert "skipped 2 manifest rows whose file does not exist (e.g. normal/gone.jpg)" in text
     assert "1 of 5 images have no patient id" in text and "fill in the manifest's patient_id column" in text
 
 
@@ -201,10 +203,42 @@ def test_class_folders_without_images_raise(tmp_path):
 
 def test_target_vector():
     assert data.target_vector("covid19").tolist() == [0, 1, 0, 0]
-    assert data.target_vector("pneumonia_unspecified").tolist() == [0, 0, 0.5, 0.5]
-    assert data.target_vector("pneumonia_unspecified", ["normal", "bacterial"]).tolist() == [0, 1]
+    # partial labels mark the classes they allow with -1 (the loss sums their probability)
+    assert data.target_vector("pneumonia_unspecified").tolist() == [0, 0, -1, -1]
+    assert data.target_vector("tuberculosis").tolist() == [0, 0, -1, -1]
+    assert data.target_vector("pneumonia_unspecified", ["normal", "bacterial"]).tolist() == [0, -1]
+    custom = {"abnormal": ["covid19", "bacterial", "viral"]}
+    assert data.target_vector("abnormal", partial_labels=custom).tolist() == [0, -1, -1, -1]
     with pytest.raises(DataError, match="not one of the model's classes"):
         data.target_vector("viral", ["normal", "covid19"])
+    with pytest.raises(DataError, match="none of which is one of the model's classes"):
+        data.target_vector("tuberculosis", ["normal", "covid19"])
+    with pytest.raises(DataError, match="neither a class .* nor a known partial label"):
+        data.target_vector("abnormal")
+
+
+def test_unknown_manifest_label_is_an_error_naming_the_setting(tmp_path):
+    _write_image(tmp_path / "a.png", seed=1)
+    _write_image(tmp_path / "b.png", seed=2)
+    (tmp_path / "MANIFEST.csv").write_text("file,label,patient_id\na.png,normal,p1\nb.png,effusion,p2\n")
+    with pytest.raises(DataError, match=r"1 row\(s\) with label 'effusion' is neither a class .*partial_labels"):
+        data.load_records(tmp_path)
+    records = data.load_records(tmp_path, partial_labels={"effusion": ["bacterial", "viral"]})
+    assert [r.label for r in records] == ["normal", "effusion"]
+
+
+def test_tuberculosis_and_hannover_sources_are_adult(tmp_path):
+    _write_image(tmp_path / "tbx11k_tb0003.jpg", seed=1)
+    _write_image(tmp_path / "hannover_00d96e05.jpg", seed=2)
+    (tmp_path / "MANIFEST.csv").write_text(
+        "file,label,patient_id,source_repo\n"
+        "tbx11k_tb0003.jpg,tuberculosis,tbx11k-tb0003,turjo410/TBX11K-Assignment-1\n"
+        "hannover_00d96e05.jpg,covid19,ieee8023-219,ml-workgroup/covid-19-image-repository\n")
+    got = [(r.label, r.source, r.group) for r in data.load_records(tmp_path)]
+    assert got == [("tuberculosis", "tbx11k", "adult"), ("covid19", "hannover", "adult")]
+    report = data.check_data(tmp_path)
+    assert report.classes == {"covid19": 1, "tuberculosis": 1}
+    assert "tuberculosis" in report.to_text()
 
 
 # --- splitting ---------------------------------------------------------------------------------

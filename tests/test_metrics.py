@@ -147,7 +147,7 @@ def test_partial_label_rows_scored_apart(eight):
     pu = m["partial_labels"]["pneumonia_unspecified"]
     assert pu["n"] == 4
     assert (pu["not_called_covid19"]["k"], pu["not_called_covid19"]["n"]) == (3, 4)
-    assert pu["called_bacterial_or_viral"]["value"] == 0.5
+    assert pu["called_allowed"]["value"] == 0.5 and pu["allowed"] == ["bacterial", "viral"]
     assert pu["not_called_covid19"]["ci"] == pytest.approx(list(wilson_ci(3, 4)), abs=1e-6)
     assert pu["predicted"] == {"normal": 1, "covid19": 1, "bacterial": 1, "viral": 1}
     # without names the rows still get counted, under a neutral name
@@ -221,7 +221,42 @@ def test_result_is_plain_json():
     assert json.loads(json.dumps(m, allow_nan=False)) == m
     assert set(m) == {"schema", "class_names", "n", "n_labelled", "n_partial", "accuracy",
                       "per_class", "macro", "confusion_matrix", "covid_vs_rest", "calibration",
-                      "partial_labels", "by_source", "by_group"}
+                      "partial_labels", "by_source", "by_group", "called_covid19_by_source", "worst_source"}
+
+
+def test_partial_labels_follow_their_mapping_and_count_per_source():
+    # two tuberculosis films and one custom partial label "abnormal" (anything but normal)
+    y = [0, 0, 1, -1, -1, -1]
+    pred = [0, 1, 1, 2, 1, 1]  # normal ok, normal called covid, covid ok, tb ok, tb called covid, abnormal covid
+    partial = ["", "", "", "tuberculosis", "tuberculosis", "abnormal"]
+    sources = ["nih", "nih", "ieee8023", "tbx11k", "tbx11k", "other"]
+    m = evaluate_predictions(y, probs_for(pred, [0.9] * 6), NAMES, sources=sources,
+                             groups=["adult"] * 6, partial_labels=partial,
+                             partial_allowed={"tuberculosis": ["bacterial", "viral"],
+                                              "abnormal": ["covid19", "bacterial", "viral"]})
+    tb = m["partial_labels"]["tuberculosis"]
+    assert (tb["called_allowed"]["k"], tb["called_allowed"]["n"]) == (1, 2)
+    assert m["partial_labels"]["abnormal"]["called_allowed"]["value"] == 1.0
+    # label-consistent rate per source counts the partial rows by their mapping
+    assert m["by_source"]["tbx11k"]["label_consistent"]["value"] == 0.5
+    assert m["by_source"]["other"]["label_consistent"]["value"] == 1.0
+    called = m["called_covid19_by_source"]
+    assert set(called) == {"nih", "tbx11k", "other"}  # ieee8023 has no non-COVID film here
+    assert (called["nih"]["called_covid19"]["k"], called["nih"]["called_covid19"]["n"]) == (1, 2)
+    assert called["tbx11k"]["n_partial"] == 2
+    assert called["nih"]["called_covid19"]["ci"] == pytest.approx(list(wilson_ci(1, 2)), abs=1e-6)
+
+
+def test_worst_source_skips_small_sources():
+    from edgecxr.metrics import worst_source
+
+    rate = lambda k, n: {"value": k / n, "k": k, "n": n, "ci": list(wilson_ci(k, n))}  # noqa: E731
+    by_source = {"big": {"n": 40, "label_consistent": rate(30, 40)},
+                 "tiny": {"n": 3, "label_consistent": rate(0, 3)},
+                 "good": {"n": 20, "label_consistent": rate(19, 20)}}
+    assert worst_source(by_source)["source"] == "big"
+    assert worst_source(by_source, min_n=1)["source"] == "tiny"
+    assert worst_source({"tiny": by_source["tiny"]}) is None
 
 
 @pytest.mark.parametrize(

@@ -115,3 +115,21 @@ def test_plot_tradeoff_skips_failed_rows(tmp_path):
     assert_real_png(path)
     assert plot_tradeoff(rows[2:], tmp_path / "none.png") is None
     assert not (tmp_path / "none.png").exists()
+
+
+def test_report_has_the_called_covid_table_and_worst_source():
+    from edgecxr.metrics import evaluate_predictions
+    from edgecxr.report import render_markdown
+
+    names = ["normal", "covid19", "bacterial", "viral"]
+    y = [0] * 12 + [1] * 12 + [-1] * 12
+    pred = [1] * 3 + [0] * 9 + [1] * 12 + [2] * 10 + [1] * 2
+    probs = np.eye(4)[pred] * 0.7 + 0.075
+    sources = ["nih"] * 12 + ["ieee8023"] * 12 + ["tbx11k"] * 12
+    m = evaluate_predictions(y, probs, names, sources=sources, groups=["adult"] * 36,
+                             partial_labels=[""] * 24 + ["tuberculosis"] * 12)
+    text = render_markdown(m, "t")
+    section = text.split("## Non-COVID films called COVID-19, by source")[1]
+    assert "| nih | adult | 12 | 0 | 0.250 (" in section
+    assert "| tbx11k | adult | 12 | 12 | 0.167 (" in section
+    assert "**Worst source: nih**, 0.750 (" in text

@@ -258,7 +258,7 @@ def test_distilled_targets_blend_the_mean_teacher_probability(tmp_path):
     records = [Record(f"/x/{i}.png", label, f"p{i}", "s", "adult")
                for i, label in enumerate(["normal", "covid19", "pneumonia_unspecified"])]
     names = ["normal", "covid19", "bacterial", "viral"]
-    hard = np.array([[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, .5, .5]], np.float32)
+    hard = np.array([[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, -1, -1]], np.float32)
     arrays = train_mod.SplitArrays(np.zeros((3, 1)), hard, records, names)
     teachers = []
     for t, probs in enumerate([[[.6, .2, .1, .1], [.3, .5, .1, .1], [.1, .1, .2, .6]],
@@ -269,8 +269,9 @@ def test_distilled_targets_blend_the_mean_teacher_probability(tmp_path):
     cfg = TrainConfig(class_names=names, teachers=teachers, distill_weight=0.25)
     targets = train_mod.distilled_targets(arrays, cfg)
     np.testing.assert_allclose(targets[0], .75 * hard[0] + .25 * np.array([.7, .1, .1, .1]), atol=1e-6)
-    np.testing.assert_allclose(targets[2], .75 * hard[2] + .25 * np.array([.1, .1, .3, .5]), atol=1e-6)
-    np.testing.assert_allclose(targets.sum(1), 1.0, atol=1e-6)
+    # a partial label keeps its allowed-class target: a teacher's subtype guess is what it does not know
+    np.testing.assert_array_equal(targets[2], hard[2])
+    np.testing.assert_allclose(targets[:2].sum(1), 1.0, atol=1e-6)
 
     write_predictions(tmp_path / "partial.csv", records[:2], np.full((2, 4), .25), names)
     cfg.teachers = [str(tmp_path / "partial.csv")]
@@ -311,3 +312,85 @@ def test_a_student_learns_what_the_teacher_says_not_the_labels(trained_run, tmp_
     result = CliRunner().invoke(main, ["train", "--config", str(trained_run / "config.json"), "--out",
                                        str(tmp_path / "refused"), "--teacher", str(tmp_path / "val.csv")])
     assert result.exit_code == 1 and "no prediction for" in result.output and "Traceback" not in result.output
+
+
+def test_partial_label_loss_sums_the_allowed_classes():
+    import tensorflow as tf
+
+    probs = np.array([[0.1, 0.1, 0.6, 0.2], [0.1, 0.5, 0.2, 0.2], [0.7, 0.1, 0.1, 0.1]], np.float32)
+    targets = np.array([[0, 0, -1, -1], [0, 0, -1, -1], [1, 0, 0, 0]], np.float32)
+    loss = train_mod.partial_label_loss(tf, 0.0, 4)(tf.constant(targets), tf.constant(probs)).numpy()
+    # partial rows: -log(p_bacterial + p_viral), however the two share it; the class row: cross-entropy
+    np.testing.assert_allclose(loss, [-np.log(0.8), -np.log(0.4), -np.log(0.7)], rtol=1e-5)
+    assert train_mod.numpy_loss(targets, probs) == pytest.approx(loss.mean(), rel=1e-5)
+    # label smoothing touches class targets only
+    smooth = train_mod.partial_label_loss(tf, 0.2, 4)(tf.constant(targets), tf.constant(probs)).numpy()
+    assert smooth[:2] == pytest.approx(loss[:2], rel=1e-6) and smooth[2] > loss[2]
+    acc = train_mod.label_consistent_accuracy(tf)(tf.constant(targets), tf.constant(probs)).numpy()
+    assert acc.tolist() == [1.0, 0.0, 1.0]  # bacterial is allowed; COVID-19 is not; normal is right
+
+
+def test_partial_labels_are_drawn_per_label():
+    labels = ["normal"] * 30 + ["covid19"] * 10 + ["pneumonia_unspecified"] * 4 + ["tuberculosis"] * 8
+    records = [Record(f"/x/{i}.png", lab, f"p{i}") for i, lab in enumerate(labels)]
+    arrays = train_mod.SplitArrays(np.zeros((len(records), 1)), np.zeros((len(records), 4)), records,
+                                   ["normal", "covid19", "bacterial", "viral"])
+    order, _ = train_mod.epoch_indices(arrays, TrainConfig(partial_share=0.5), epoch=0)
+    drawn = Counter(labels[i] for i in order)
+    assert drawn == {"normal": 30, "covid19": 30, "pneumonia_unspecified": 15, "tuberculosis": 15}
+
+
+def test_training_stages():
+    weights = "/some/weights.h5"
+    one = train_mod.training_stages(TrainConfig(weights="none", epochs=5))
+    assert [(s.start, s.end, s.trainable_top) for s in one] == [(0, 5, None)]
+    frozen = train_mod.training_stages(TrainConfig(weights=weights, epochs=5))
+    assert [(s.start, s.end, s.trainable_top) for s in frozen] == [(0, 5, 0)]
+    two = train_mod.training_stages(TrainConfig(weights=weights, epochs=5, fine_tune=30, head_epochs=2,
+                                                learning_rate=1e-3, backbone_lr_scale=0.1))
+    assert [(s.start, s.end, s.trainable_top) for s in two] == [(0, 2, 0), (2, 5, 30)]
+    assert two[1].learning_rate == pytest.approx(1e-4)
+    with pytest.raises(Exception, match="head_epochs .* needs pretrained weights and fine_tune"):
+        TrainConfig(weights="none", epochs=5, head_epochs=2).validate()
+
+
+def test_two_stage_fine_tuning_freezes_then_trains_the_backbone(easy_data, tmp_path, monkeypatch):
+    """Stage one (the head) leaves the pretrained backbone exactly as loaded; stage two, resumed
+    after an interruption at the stage boundary, trains its top; worst-source is logged each epoch."""
+    from edgecxr.model import build_backbone, load_run_model
+
+    weights = tmp_path / "backbone.h5"
+    build_backbone(TrainConfig(image_size=48, minimalistic=True, weights="none")).save_weights(str(weights))
+    source = build_backbone(TrainConfig(image_size=48, minimalistic=True, weights=str(weights))).get_weights()
+
+    def backbone_weights(run):
+        model, _ = load_run_model(run, "last")
+        return next(l for l in model.layers if l.name.lower().startswith("mobilenetv3")).get_weights()
+
+    original = train_mod.EpochTimer.__new__
+
+    def interrupting(cls, keras):
+        timer = original(cls, keras)
+
+        def on_epoch_begin(epoch, logs=None):
+            if epoch == 1:
+                raise KeyboardInterrupt
+            timer.t0 = 0.0
+
+        timer.on_epoch_begin = on_epoch_begin
+        return timer
+
+    run = tmp_path / "two stage"
+    cfg = TrainConfig(data=str(easy_data), epochs=2, head_epochs=1, fine_tune=20,
+                      **{**EASY, "weights": str(weights)})
+    monkeypatch.setattr(train_mod.EpochTimer, "__new__", interrupting)
+    with pytest.raises(KeyboardInterrupt):
+        train_mod.train(cfg, run)
+    monkeypatch.undo()
+    for a, b in zip(backbone_weights(run), source):
+        np.testing.assert_array_equal(a, b)
+    train_mod.train(cfg, run, resume=True)
+    changed = [not np.array_equal(a, b) for a, b in zip(backbone_weights(run), source)]
+    assert any(changed[-6:]) and not any(changed[:6])  # the top moved, the frozen bottom did not
+    rows = history(run)
+    assert len(rows) == 2 and all(float(r["val_worst_source"]) >= 0 for r in rows)

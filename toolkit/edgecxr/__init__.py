@@ -7,3 +7,14 @@ module (data, model, train, export, runtime, metrics, bench, report) and is impo
 __version__ = "0.1.0"
 
 CLASS_NAMES = ("normal", "covid19", "bacterial", "viral")
+
+# Partial labels: what a collection knows about an image that is not one of the classes, as the set
+# of classes it allows. Training scores such an image on the summed probability of its allowed
+# classes (evidence against the others, for none of them in particular); evaluation counts it right
+# when the model calls one of them. A TrainConfig can change or extend this (``partial_labels``).
+PARTIAL_LABELS = {
+    # NIH pneumonia without a subtype: bacterial or viral
+    "pneumonia_unspecified": ("bacterial", "viral"),
+    # TBX11K tuberculosis (adult, pre-2020): neither normal nor COVID-19
+    "tuberculosis": ("bacterial", "viral"),
+}

@@ -47,6 +47,9 @@ def render_model_card(spec: ModelSpec, guard: GuardReport, *, cfg=None, model_fi
                 f"- Weights: {cfg.weights}; {cfg.epochs} epochs, batch {cfg.batch_size}, learning rate "
                 f"{cfg.learning_rate:g} ({cfg.lr_schedule}), balance {cfg.balance}, seed {cfg.seed}",
                 split_line(data_summary)]
+        if cfg.partial_labels:
+            out.append("- Partial labels, trained on the summed probability of the classes they allow: "
+                       + "; ".join(f"`{k}` -> {' or '.join(v)}" for k, v in cfg.partial_labels.items()))
         if cfg.teachers:
             out.append(f"- Distilled: {cfg.distill_weight:.0%} of every training target is the mean probability "
                        f"of {len(cfg.teachers)} teacher(s) ({', '.join(f'`{t}`' for t in cfg.teachers)})")
@@ -63,6 +66,18 @@ def render_model_card(spec: ModelSpec, guard: GuardReport, *, cfg=None, model_fi
     for key in ("by_source", "by_group"):
         if m.get(key):
             out += ["", md_table(*metrics_mod.table_breakdown(m, key))]
+    if m.get("partial_labels"):
+        out += ["", "Partial labels (scored on what their label says, not in the 4-class numbers):", "",
+                md_table(*metrics_mod.table_partial(m))]
+    if m.get("called_covid19_by_source"):
+        out += ["", "### Non-COVID films called COVID-19, by source", "",
+                "The shortcut check: a model that learned which hospital sent the COVID-19 films calls other "
+                "adult films from those hospitals COVID-19. 95% Wilson intervals.", "",
+                md_table(*metrics_mod.table_called_covid(m))]
+    worst = m.get("worst_source")
+    if worst:
+        out += ["", f"Worst source: **{worst['source']}**, {metrics_mod.fmt_rate(worst['rate'])} of its images "
+                    f"right (partial labels: an allowed class; sources with >= {metrics_mod.MIN_SOURCE} images)."]
     out += ["", "### Accuracy guard", "", "```", guard.to_table(), "```"]
     out += ["", "## Intended use", "",
             "Research and teaching: studying how a small classifier behaves on chest X-rays, and how "
@@ -77,8 +92,8 @@ def render_model_card(spec: ModelSpec, guard: GuardReport, *, cfg=None, model_fi
             "before trusting any class, and expect lower accuracy on films from new hospitals.",
             "- Subgroups are small: confidence intervals are wide; int8 quantization can hurt one subgroup "
             "more than the total suggests (see the guard table).",
-            "- Four classes only; anything else (tuberculosis, effusion, devices, lateral views) is forced "
-            "into one of them.",
+            "- Four classes only; anything else (effusion, devices, lateral views, and tuberculosis, which "
+            "training only teaches is neither normal nor COVID-19) is forced into one of them.",
             ""]
     return "\n".join(out)
 

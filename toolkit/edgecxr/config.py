@@ -10,11 +10,11 @@ import json
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-from . import CLASS_NAMES
+from . import CLASS_NAMES, PARTIAL_LABELS
 from .errors import EdgeCXRError
 
 
-MONITORS = ("val_accuracy", "val_macro_sensitivity", "val_covid_sensitivity", "val_loss")
+MONITORS = ("val_accuracy", "val_macro_sensitivity", "val_covid_sensitivity", "val_worst_source", "val_loss")
 
 
 @dataclass
@@ -35,6 +35,11 @@ class TrainConfig:
     image_size: int = 224
     weights: str = "imagenet"  # imagenet | none | path to a weights file
     fine_tune: int = 0  # with pretrained weights: unfreeze the top N backbone layers
+    # Two-stage fine-tuning (with fine_tune > 0): the first `head_epochs` train the head on the frozen
+    # backbone at `learning_rate`, the rest also the top `fine_tune` layers at learning_rate *
+    # `backbone_lr_scale`. 0 = one stage (head and unfrozen layers together from the first epoch).
+    head_epochs: int = 0
+    backbone_lr_scale: float = 0.1
     head_width: int = 512  # the preprint used 2500; 512 keeps the int8 model under 1.5 MB
     dropout: float = 0.5
     # Keras MobileNetV3 uses BatchNorm momentum 0.999, made for long ImageNet runs: from scratch on a
@@ -53,8 +58,10 @@ class TrainConfig:
     # `min_group` training images an equal share, so the rare adult normals are not drowned out.
     balance_groups: bool = False
     min_group: int = 50
-    # Partial-label images (pneumonia without subtype) drawn per epoch, as a share of one class
-    # (0 = each once).
+    # Labels that are not classes, each mapped to the classes it allows (training scores the summed
+    # probability of those; see edgecxr.PARTIAL_LABELS for the defaults and why).
+    partial_labels: dict = field(default_factory=lambda: {k: list(v) for k, v in PARTIAL_LABELS.items()})
+    # Images of each partial label drawn per epoch, as a share of the largest class (0 = each once).
     partial_share: float = 0.0
     # Distillation: predictions.csv files of teacher models on the training split (`edgecxr evaluate
     # RUN --split train`); their mean probability makes up `distill_weight` of every training target.
@@ -150,6 +157,20 @@ class TrainConfig:
             bad(f"strategy must be default, mirrored or multiworker, not {self.strategy!r}")
         if len(self.class_names) < 2:
             bad("need at least two classes")
+        for label, allowed in self.partial_labels.items():
+            if label in self.class_names:
+                bad(f"partial label {label!r} is also a class")
+            unknown = sorted(set(allowed) - set(self.class_names))
+            # A set with none of the classes is only an error if such images turn up (another
+            # class list may not need the default mapping); one with some is checked for typos.
+            if unknown and set(allowed) & set(self.class_names):
+                bad(f"partial label {label!r} allows {', '.join(unknown)}, which is not a class")
+        if self.head_epochs < 0 or self.head_epochs >= self.epochs:
+            bad(f"head_epochs must be from 0 to epochs - 1 ({self.epochs - 1}), not {self.head_epochs}")
+        if self.head_epochs and not (self.weights not in ("none", "") and self.fine_tune > 0):
+            bad("head_epochs (two-stage fine-tuning) needs pretrained weights and fine_tune > 0")
+        if not 0 < self.backbone_lr_scale <= 1:
+            bad("backbone_lr_scale must be in (0, 1]")
 
 
 def _checked_types(data: dict, source: str) -> dict:
@@ -169,6 +190,10 @@ def _checked_types(data: dict, source: str) -> dict:
         elif isinstance(default, list):
             ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
             kind = 'a JSON list of strings, e.g. ["a", "b"]'
+        elif isinstance(default, dict):
+            ok = isinstance(value, dict) and all(
+                isinstance(v, list) and all(isinstance(c, str) for c in v) for v in value.values())
+            kind = 'a JSON object of label: [classes], e.g. {"tb": ["bacterial", "viral"]}'
         else:
             ok, kind = isinstance(value, str), "a string"
         if not ok:

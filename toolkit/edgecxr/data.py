@@ -26,21 +26,22 @@ from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from . import CLASS_NAMES
+from . import CLASS_NAMES, PARTIAL_LABELS
 from .errors import DataError, LeakageError
 from .preprocess import IMAGE_SUFFIXES, load_images
 
 log = logging.getLogger(__name__)
 
 PARTIAL_LABEL = "pneumonia_unspecified"
-"""Label of pneumonia images without a bacterial/viral subtype (trained as 0.5 / 0.5)."""
+"""Label of pneumonia images without a bacterial/viral subtype (Kermany's PNEUMONIA folder names it)."""
 
-LABELS = (*CLASS_NAMES, PARTIAL_LABEL)
+LABELS = (*CLASS_NAMES, *PARTIAL_LABELS)
+"""Every label the default mapping knows, in report order (classes first)."""
 SPLITS = ("train", "val", "test")
 MANIFEST_NAMES = ("MANIFEST.csv", "manifest.csv")
 
@@ -69,6 +70,10 @@ _LABEL_ALIASES = {
     "pneumoniaunspecified": PARTIAL_LABEL,
     "unspecifiedpneumonia": PARTIAL_LABEL,
     "pneumonia": PARTIAL_LABEL,
+    "tuberculosis": "tuberculosis",
+    "tb": "tuberculosis",
+    "pulmonarytuberculosis": "tuberculosis",
+    "activetuberculosis": "tuberculosis",
 }
 
 # Short source names and the age group each collection belongs to. Per-source and per-group
@@ -84,6 +89,8 @@ _SOURCE_GROUPS = {
     "mimic": "adult",
     "padchest": "adult",
     "bimcv": "adult",
+    "tbx11k": "adult",
+    "hannover": "adult",
 }
 # Substrings of a manifest's source_repo that name a collection, checked in order (the
 # Actualmed and Figure1 repos' names also end in "covid-chestxray-dataset").
@@ -95,6 +102,8 @@ _REPO_SOURCES = (
     ("ai-pneumonia-detection", "kermany"),
     ("kermany", "kermany"),
     ("chestx-ray", "nih"),
+    ("tbx11k", "tbx11k"),
+    ("covid-19-image-repository", "hannover"),
 )
 
 _KERMANY_PERSON = re.compile(r"^(person\d+)_(bacteria|virus)(?:_|$)", re.IGNORECASE)
@@ -114,7 +123,7 @@ class Record:
     """One image: where it is, its label, and the patient it belongs to."""
 
     file: str  # absolute path
-    label: str  # one of CLASS_NAMES, or PARTIAL_LABEL
+    label: str  # one of CLASS_NAMES, or a partial label (edgecxr.PARTIAL_LABELS)
     patient_id: str
     source: str = "unknown"  # short collection name: kermany, ieee8023, nih, ...
     group: str = "unknown"  # pediatric | adult | unknown
@@ -127,13 +136,29 @@ def _alias_key(name: str) -> str:
     return re.sub(r"[\s\-_.]+", "", str(name).strip().lower())
 
 
-def canonical_label(name: str) -> str | None:
-    """Map a folder or manifest label (``NORMAL``, ``COVID-19``, ``bacteria``, ...) to a label.
+def canonical_label(name: str, partial_labels: Mapping[str, Sequence[str]] | None = None) -> str | None:
+    """Map a folder or manifest label (``NORMAL``, ``COVID-19``, ``bacteria``, ``TB``, ...) to a label.
 
-    Returns one of CLASS_NAMES or ``"pneumonia_unspecified"``, or None for names we do not know,
-    so callers can report the unknown name instead of guessing.
+    Returns one of CLASS_NAMES, a partial label (the defaults in ``edgecxr.PARTIAL_LABELS`` or one
+    named in ``partial_labels``), or None for names we do not know, so callers can report the
+    unknown name instead of guessing.
     """
-    return _LABEL_ALIASES.get(_alias_key(name))
+    key = _alias_key(name)
+    if key in _LABEL_ALIASES:
+        return _LABEL_ALIASES[key]
+    return next((label for label in (partial_labels or {}) if _alias_key(label) == key), None)
+
+
+def known_labels(partial_labels: Mapping[str, Sequence[str]] | None = None) -> list[str]:
+    """Every label a data set may use: the classes, then the partial labels, in report order."""
+    return list(dict.fromkeys([*LABELS, *(partial_labels or {})]))
+
+
+def unknown_label_message(label: str, partial_labels: Mapping[str, Sequence[str]] | None = None) -> str:
+    partial = ", ".join(known_labels(partial_labels)[len(CLASS_NAMES):])
+    return (f"label {label!r} is neither a class ({', '.join(CLASS_NAMES)}) nor a known partial label "
+            f"({partial}); fix the label, or map it to the classes it allows with "
+            f"--set 'partial_labels={{\"{label}\": [\"bacterial\", \"viral\"]}}'")
 
 
 def source_group(source: str) -> str:
@@ -218,7 +243,7 @@ def _find_manifest(folder: Path) -> Path | None:
     return None
 
 
-def _read_dataset(path: str | Path) -> _Dataset:
+def _read_dataset(path: str | Path, partial_labels: Mapping[str, Sequence[str]] | None = None) -> _Dataset:
     """Read one data set in whichever layout it has; DataError if it is no data set at all."""
     path = Path(path).expanduser()
     if not path.exists():
@@ -226,20 +251,20 @@ def _read_dataset(path: str | Path) -> _Dataset:
     if path.is_file():
         if path.suffix.lower() != ".csv":
             raise DataError(f"{path} is a file; give a data folder or a manifest .csv")
-        return _read_manifest(path)
+        return _read_manifest(path, partial_labels)
     manifest = _find_manifest(path)
     if manifest is not None:
-        return _read_manifest(manifest)
-    return _read_folders(path)
+        return _read_manifest(manifest, partial_labels)
+    return _read_folders(path, partial_labels)
 
 
-def _read_folders(root: Path) -> _Dataset:
+def _read_folders(root: Path, partial_labels: Mapping[str, Sequence[str]] | None = None) -> _Dataset:
     notes: list[str] = []
     try:
         subdirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     except OSError as exc:
         raise DataError(f"{root}: cannot list folder ({exc.strerror})") from None
-    classes = [(d, canonical_label(d.name)) for d in subdirs]
+    classes = [(d, canonical_label(d.name, partial_labels)) for d in subdirs]
     unknown = [d.name for d, label in classes if label is None]
     if unknown:
         notes.append(f"skipped sub-folders with no known class name: {', '.join(unknown)}")
@@ -289,7 +314,7 @@ def _no_patient_note(n: int, total: int, manifest: bool = False) -> str:
     )
 
 
-def _read_manifest(csv_path: Path) -> _Dataset:
+def _read_manifest(csv_path: Path, partial_labels: Mapping[str, Sequence[str]] | None = None) -> _Dataset:
     columns, rows = _read_csv(csv_path)
     if not rows:
         raise DataError(f"{csv_path}: the manifest has no rows")
@@ -305,7 +330,7 @@ def _read_manifest(csv_path: Path) -> _Dataset:
     missing, guessed, seen, repeats = [], 0, set(), 0
     for row in rows:
         name = (row.get(file_col) or "").strip()
-        label = canonical_label(row.get("label") or "")
+        label = canonical_label(row.get("label") or "", partial_labels)
         if not name:
             continue
         if label is None:
@@ -330,8 +355,9 @@ def _read_manifest(csv_path: Path) -> _Dataset:
             group = source_group(source)
         records.append(Record(key, _refine_label(label, file.name), patient, source, group))
     if unknown_labels:
-        listed = ", ".join(f"{k!r} ({v})" for k, v in unknown_labels.most_common(5))
-        notes.append(f"skipped rows with unknown labels: {listed}")
+        label, count = unknown_labels.most_common(1)[0]
+        more = f" (and {len(unknown_labels) - 1} other unknown label(s))" if len(unknown_labels) > 1 else ""
+        raise DataError(f"{csv_path}: {count} row(s) with {unknown_label_message(label, partial_labels)}{more}")
     if missing:
         notes.append(f"skipped {len(missing)} manifest rows whose file does not exist (e.g. {missing[0]})")
     if repeats:
@@ -368,7 +394,8 @@ def _manifest_source(row: dict[str, str], file_name: str) -> str:
 
 
 def load_records(
-    path: str | Path, extra: Iterable[str | Path] = (), notes: list[str] | None = None
+    path: str | Path, extra: Iterable[str | Path] = (), notes: list[str] | None = None,
+    partial_labels: Mapping[str, Sequence[str]] | None = None,
 ) -> list[Record]:
     """Read a data set plus any ``extra`` ones (e.g. the adult pneumonia folder) into Records.
 
@@ -382,7 +409,7 @@ def load_records(
     seen: set[str] = set()
     collected: list[str] = []
     for p in (path, *extra):
-        dataset = _read_dataset(p)
+        dataset = _read_dataset(p, partial_labels)
         collected += [f"{p}: {n}" for n in dataset.notes]
         repeats = 0
         for rec in dataset.records:
@@ -404,19 +431,44 @@ def load_records(
     return records
 
 
-def target_vector(label: str, class_names: Sequence[str] = CLASS_NAMES) -> np.ndarray:
-    """The training target of a label: one-hot, or half bacterial / half viral for partial labels."""
+def allowed_classes(label: str, class_names: Sequence[str] = CLASS_NAMES,
+                    partial_labels: Mapping[str, Sequence[str]] | None = None) -> list[str]:
+    """The classes a label allows: itself for a class, its set for a partial label (in model order).
+
+    Raises DataError for a label that is neither, or a partial label none of whose classes the
+    model has (it would teach nothing and could not be scored).
+    """
+    names = list(class_names)
+    if label in names:
+        return [label]
+    mapping = PARTIAL_LABELS if partial_labels is None else partial_labels
+    if label not in mapping:
+        raise DataError(unknown_label_message(label, mapping) if label not in CLASS_NAMES else
+                        f"label {label!r} is not one of the model's classes ({', '.join(names)})")
+    allowed = [c for c in names if c in set(mapping[label])]
+    if not allowed:
+        raise DataError(f"partial label {label!r} allows {', '.join(mapping[label])}, none of which is one of "
+                        f"the model's classes ({', '.join(names)})")
+    return allowed
+
+
+def target_vector(label: str, class_names: Sequence[str] = CLASS_NAMES,
+                  partial_labels: Mapping[str, Sequence[str]] | None = None) -> np.ndarray:
+    """The training target of a label: one-hot for a class; for a partial label, -1 at each allowed class.
+
+    The sign carries the difference: the training loss scores a one-hot (or soft) target with
+    cross-entropy and a negative one with -log of the summed probability of the marked classes, so
+    "bacterial or viral" pushes probability away from normal and COVID-19 without claiming either
+    subtype (a 0.5/0.5 target would teach "half bacterial, half viral", which no image is).
+    """
     names = list(class_names)
     vec = np.zeros(len(names), np.float32)
-    if label in names:
+    allowed = allowed_classes(label, names, partial_labels)
+    if allowed == [label]:
         vec[names.index(label)] = 1.0
-        return vec
-    if label == PARTIAL_LABEL:
-        present = [names.index(c) for c in ("bacterial", "viral") if c in names]
-        if present:
-            vec[present] = 1.0 / len(present)
-            return vec
-    raise DataError(f"label {label!r} is not one of the model's classes ({', '.join(names)})")
+    else:
+        vec[[names.index(c) for c in allowed]] = -1.0
+    return vec
 
 
 # --- splitting ---------------------------------------------------------------------------------
@@ -614,7 +666,7 @@ class _FileLookup:
 
 def split_summary(records: Sequence[Record], splits: Sequence[str]) -> str:
     """A small table of images (patients) per label and split, for training logs."""
-    labels = [lab for lab in LABELS if any(r.label == lab for r in records)]
+    labels = [lab for lab in known_labels({r.label: () for r in records}) if any(r.label == lab for r in records)]
     images: Counter = Counter()
     patients: dict[tuple[str, str], set] = defaultdict(set)
     for rec, split in zip(records, splits):
@@ -742,7 +794,7 @@ def _count(report: DataReport, records: Sequence[Record]) -> None:
     by_label = Counter(r.label for r in records)
     report.n_images = len(records)
     report.n_patients = len({r.patient_id for r in records})
-    report.classes = {lab: by_label[lab] for lab in LABELS if by_label[lab]}
+    report.classes = {lab: by_label[lab] for lab in known_labels(dict.fromkeys(by_label)) if by_label[lab]}
     report.patients = {
         lab: len({r.patient_id for r in records if r.label == lab}) for lab in report.classes
     }
@@ -753,7 +805,7 @@ def _count(report: DataReport, records: Sequence[Record]) -> None:
     for rec in records:
         labels_of[rec.patient_id].add(rec.label)
     report.multi_class_patients = {
-        pid: [lab for lab in LABELS if lab in labs]
+        pid: [lab for lab in known_labels(dict.fromkeys(labs)) if lab in labs]
         for pid, labs in sorted(labels_of.items())
         if len(labs) > 1
     }
@@ -789,13 +841,14 @@ def _find_problems(report: DataReport, readable: Sequence[Record], n_images: int
     if not readable:
         report.problems.append("no image can be read")
         return
-    if len(labels) < 2 and labels != {PARTIAL_LABEL}:
+    classes = labels & set(CLASS_NAMES)
+    if len(classes) < 2 and classes:
         report.problems.append(
             f"only one class with readable images ({', '.join(labels)}); training needs at least 2"
         )
-    if labels == {PARTIAL_LABEL}:
+    if not classes:
         report.notes.append(
-            "only partial labels (pneumonia_unspecified): use this set as extra data or for "
+            f"only partial labels ({', '.join(sorted(labels))}): use this set as extra data or for "
             "evaluation, not on its own"
         )
 

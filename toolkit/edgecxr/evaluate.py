@@ -57,13 +57,15 @@ def load_eval_arrays(records, size: int, equalize: bool = False):
     return data_mod.load_split_arrays(records, splits, "eval", size, on_error=skipped, equalize=equalize)
 
 
-def score(records, probs, class_names) -> dict:
+def score(records, probs, class_names, partial_labels: dict | None = None) -> dict:
+    """Metrics of ``probs`` on ``records``; ``partial_labels`` maps each partial label to the classes
+    it allows (the model's own mapping; default ``edgecxr.PARTIAL_LABELS``)."""
     index = {name: i for i, name in enumerate(class_names)}
     y = np.array([index.get(r.label, -1) for r in records], dtype=np.int64)
     return metrics_mod.evaluate_predictions(
         y, probs, list(class_names),
         sources=[r.source for r in records], groups=[r.group for r in records],
-        partial_labels=[r.label for r in records],
+        partial_labels=[r.label for r in records], partial_allowed=partial_labels,
     )
 
 
@@ -91,6 +93,7 @@ def evaluate(target: str | Path, data: str | None = None, split: str | None = No
         if splits_file is None and own_data:
             splits_file = target / "splits.csv"
         class_names, size, equalize = list(cfg.class_names), cfg.image_size, cfg.equalize
+        partial_labels = cfg.partial_labels
 
         def predict(images):
             return model.predict(images.astype(np.float32), batch_size=64, verbose=0)
@@ -103,6 +106,7 @@ def evaluate(target: str | Path, data: str | None = None, split: str | None = No
             raise DataError("evaluating a .tflite file needs --data DATA")
         clf = Classifier(target, num_threads=threads)
         class_names, size, equalize = list(clf.spec.class_names), clf.spec.image_size, clf.spec.equalize
+        partial_labels = clf.spec.partial_labels
         predict = clf.predict_arrays
         default_dir, prefix = Path.cwd(), f"eval-{target.stem}"
     else:
@@ -114,7 +118,7 @@ def evaluate(target: str | Path, data: str | None = None, split: str | None = No
     out_dir = Path(out) if out else default_dir / f"{prefix}-{split}"
     refuse_overwrite(out_dir / "metrics.json", force)
     notes: list[str] = []
-    records = data_mod.load_records(data, extra, notes=notes)
+    records = data_mod.load_records(data, extra, notes=notes, partial_labels=partial_labels)
     for note in notes:
         _log(f"note: {note}")
     records = select_split(records, split, Path(splits_file) if splits_file else None)
@@ -123,7 +127,7 @@ def evaluate(target: str | Path, data: str | None = None, split: str | None = No
     if not kept:
         raise DataError(f"no readable images to evaluate in {data}")
     probs = predict(images)
-    metrics = score(kept, probs, class_names)
+    metrics = score(kept, probs, class_names, partial_labels)
     metrics["evaluated"] = {"target": str(target), "data": str(data), "split": split, "images": len(kept)}
     report.write_evaluation(metrics, out_dir, title=f"{target.name} on {Path(data).name} ({split})")
     write_predictions(out_dir / "predictions.csv", kept, probs, class_names)

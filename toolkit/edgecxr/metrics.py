@@ -10,8 +10,9 @@ set) is ``None``, never NaN.
 Conventions used throughout:
 
 - ``y_true`` holds class indices; ``-1`` marks a partial-label image (adult pneumonia with no
-  bacterial/viral subtype). Those rows are left out of the 4-class metrics and scored on what their
-  label does say: they are not COVID-19, and they are bacterial or viral.
+  bacterial/viral subtype, tuberculosis). Those rows are left out of the 4-class metrics and scored
+  on what their label does say: whether COVID-19 was called, and whether one of the classes the label
+  allows was (``edgecxr.PARTIAL_LABELS``, or the mapping passed as ``partial_allowed``).
 - The prediction is the top-1 class (a tie goes to the lower index, as ``np.argmax`` does).
 - A rate is ``{"value": k/n or None, "k": k, "n": n, "ci": [lo, hi]}``.
 """
@@ -23,6 +24,7 @@ from typing import Sequence
 
 import numpy as np
 
+from . import PARTIAL_LABELS
 from .errors import DataError
 from .tables import text_table
 
@@ -30,8 +32,9 @@ SCHEMA = "edgecxr.metrics/1"
 COVID = "covid19"
 PARTIAL = -1
 ECE_BINS = 15
-# The two classes a "pneumonia, subtype unknown" image may truly belong to.
-PNEUMONIA_SUBTYPES = ("bacterial", "viral")
+# A source needs this many images in the split to count for the worst-source figure: below it one
+# image moves the rate by more than 10 points.
+MIN_SOURCE = 10
 
 
 # --- building blocks ------------------------------------------------------------------------------
@@ -177,15 +180,18 @@ def evaluate_predictions(
     sources: Sequence[str] | None = None,
     groups: Sequence[str] | None = None,
     partial_labels: Sequence[str] | None = None,
+    partial_allowed: dict[str, Sequence[str]] | None = None,
 ) -> dict:
     """Score top-1 predictions against labels; the result is ready for ``json.dumps``.
 
     ``sources``/``groups`` (one string per row, e.g. the data set an image came from and
     pediatric/adult) add a breakdown per value; ``partial_labels`` names the partial label of each
-    ``-1`` row (other rows' entries are ignored; missing names become "unspecified").
+    ``-1`` row (other rows' entries are ignored; missing names become "unspecified"), and
+    ``partial_allowed`` maps it to the classes it allows (default ``edgecxr.PARTIAL_LABELS``).
 
     Top-level keys: schema, class_names, n, n_labelled, n_partial, accuracy, per_class, macro,
-    confusion_matrix, covid_vs_rest, calibration, partial_labels, by_source, by_group.
+    confusion_matrix, covid_vs_rest, calibration, partial_labels, by_source, by_group,
+    called_covid19_by_source, worst_source.
     """
     names = [str(c) for c in class_names]
     y, p = _validate(y_true, probs, names)
@@ -195,6 +201,9 @@ def evaluate_predictions(
     if partial is None:
         partial = np.full(len(y), "unspecified", dtype=object)
     pred = p.argmax(axis=1)
+    allowed = {label: [names.index(c) for c in classes if c in names]
+               for label, classes in (PARTIAL_LABELS if partial_allowed is None else partial_allowed).items()}
+    consistent = _label_consistent(y, pred, partial, allowed)
 
     result = {
         "schema": SCHEMA,
@@ -203,11 +212,63 @@ def evaluate_predictions(
         "n_labelled": int((y >= 0).sum()),
         "n_partial": int((y == PARTIAL).sum()),
         **_labelled_metrics(y, p, pred, names),
-        "partial_labels": _partial_summary(y, pred, names, partial),
-        "by_source": _breakdown(sources, y, pred, names, partial),
-        "by_group": _breakdown(groups, y, pred, names, partial),
+        "partial_labels": _partial_summary(y, pred, names, partial, allowed),
+        "by_source": _breakdown(sources, y, pred, names, partial, allowed, consistent),
+        "by_group": _breakdown(groups, y, pred, names, partial, allowed, consistent),
     }
+    result["called_covid19_by_source"] = _called_covid_by_source(sources, groups, y, pred, names)
+    result["worst_source"] = worst_source(result["by_source"])
     return json_safe(result)
+
+
+def _label_consistent(y, pred, partial, allowed: dict[str, list[int]]) -> np.ndarray:
+    """Per row: did the top-1 class agree with what the label says (the class itself, or for a
+    partial label one of the classes it allows)? Partial labels without a mapping count as wrong."""
+    ok = (pred == y) & (y >= 0)
+    for label, classes in allowed.items():
+        rows = (y == PARTIAL) & (partial == label)
+        ok[rows] = np.isin(pred[rows], classes)
+    return ok
+
+
+def worst_source(by_source: dict, min_n: int = MIN_SOURCE) -> dict | None:
+    """The source whose images the model gets right least often (label-consistent rate), among
+    sources with at least ``min_n`` images: ``{"source", "rate"}`` or None.
+
+    Why: a validation split drawn from the training sources rewards a model that has learned which
+    hospital a film came from (external results here fell by 5-10 points against validation). The
+    worst source falls first when that happens, so checkpoints and recipes are chosen on it, not on
+    the mean that the big pediatric source dominates.
+    """
+    rows = [(m["label_consistent"]["value"], source, m["label_consistent"]) for source, m in by_source.items()
+            if m["n"] >= min_n and m["label_consistent"]["value"] is not None]
+    if not rows:
+        return None
+    value, source, rate = min(rows, key=lambda r: (r[0], r[1]))
+    return {"source": source, "rate": rate}
+
+
+def _called_covid_by_source(sources, groups, y, pred, names: list[str]) -> dict:
+    """Per source: how many of its non-COVID films (labelled or partial) were called COVID-19.
+
+    This is the shortcut check the field cares about: a model that learned "adult hospital film =
+    COVID" calls adult normals, pneumonias and tuberculosis COVID-19, and this rate rises for that
+    source only, while the mean accuracy barely moves.
+    """
+    if sources is None or COVID not in names:
+        return {}
+    covid = names.index(COVID)
+    non_covid = y != covid
+    out = {}
+    for source in sorted(set(sources[non_covid])):
+        rows = non_covid & (sources == source)
+        out[source] = {
+            "group": str(groups[rows][0]) if groups is not None else "unknown",
+            "n": int(rows.sum()),
+            "n_partial": int((rows & (y == PARTIAL)).sum()),
+            "called_covid19": proportion((pred[rows] == covid).sum(), rows.sum()),
+        }
+    return out
 
 
 def agreement(probs_a, probs_b, groups: Sequence[str] | None = None) -> dict:
@@ -350,28 +411,27 @@ def _covid_vs_rest(y, p, pred, names: list[str]) -> dict | None:
     }
 
 
-def _partial_summary(y, pred, names: list[str], partial: np.ndarray) -> dict:
-    """Per partial label: n, what was called, not-COVID rate and bacterial-or-viral rate."""
+def _partial_summary(y, pred, names: list[str], partial: np.ndarray, allowed: dict[str, list[int]]) -> dict:
+    """Per partial label: n, what was called, not-COVID rate and the rate of an allowed class."""
     rows = y == PARTIAL
     out = {}
     covid = names.index(COVID) if COVID in names else None
-    subtypes = [names.index(s) for s in PNEUMONIA_SUBTYPES if s in names]
     for label in sorted(set(partial[rows])):
         called = pred[rows & (partial == label)]
         n = len(called)
+        classes = allowed.get(label)
         out[label] = {
             "n": n,
             "predicted": {name: int((called == c).sum()) for c, name in enumerate(names)},
             "not_called_covid19": _not_called(called, covid) if covid is not None else None,
-            "called_bacterial_or_viral": (
-                proportion(np.isin(called, subtypes).sum(), n)
-                if len(subtypes) == len(PNEUMONIA_SUBTYPES) else None
-            ),
+            "allowed": [names[c] for c in classes] if classes else None,
+            "called_allowed": proportion(np.isin(called, classes).sum(), n) if classes else None,
         }
     return out
 
 
-def _breakdown(keys, y, pred, names: list[str], partial: np.ndarray) -> dict:
+def _breakdown(keys, y, pred, names: list[str], partial: np.ndarray, allowed: dict[str, list[int]],
+               consistent: np.ndarray) -> dict:
     """One compact summary per source or group.
 
     ``non_covid_not_called_covid19`` is the shortcut check: a model that learned "adult hospital
@@ -389,6 +449,8 @@ def _breakdown(keys, y, pred, names: list[str], partial: np.ndarray) -> dict:
             "n": int(members.sum()),
             "n_labelled": int(labelled.sum()),
             "accuracy": proportion((ps[labelled] == ys[labelled]).sum(), labelled.sum()),
+            # every image, partial labels counted right when an allowed class was called
+            "label_consistent": proportion(consistent[members].sum(), members.sum()),
             "sensitivity": {
                 name: proportion((ps[ys == c] == c).sum(), (ys == c).sum())
                 for c, name in enumerate(names) if (ys == c).any()
@@ -397,7 +459,7 @@ def _breakdown(keys, y, pred, names: list[str], partial: np.ndarray) -> dict:
             "non_covid_not_called_covid19": (
                 _not_called(ps[labelled & (ys != covid)], covid) if covid is not None else None
             ),
-            "partial_labels": _partial_summary(ys, ps, names, partial[members]),
+            "partial_labels": _partial_summary(ys, ps, names, partial[members], allowed),
         }
     return out
 
@@ -442,10 +504,22 @@ def table_confusion(metrics: dict) -> tuple[list[str], list[list[str]]]:
 
 
 def table_partial(metrics: dict) -> tuple[list[str], list[list[str]]]:
-    header = ["partial label", "n", "not called covid19", "called bacterial or viral"]
-    rows = [[label, str(m["n"]), fmt_rate(m["not_called_covid19"]),
-             fmt_rate(m["called_bacterial_or_viral"])]
+    header = ["partial label", "n", "allows", "not called covid19", "called an allowed class"]
+    rows = [[label, str(m["n"]), " or ".join(m.get("allowed") or ["-"]), fmt_rate(m["not_called_covid19"]),
+             fmt_rate(m.get("called_allowed"))]
             for label, m in metrics["partial_labels"].items()]
+    return header, rows
+
+
+def table_called_covid(metrics: dict) -> tuple[list[str], list[list[str]]]:
+    """Non-COVID films called COVID-19, one row per source, adult sources first (the shortcut check)."""
+    header = ["source", "group", "non-COVID films", "of them partial-label", "called COVID-19", "not called COVID-19"]
+    rows = []
+    items = sorted(metrics.get("called_covid19_by_source", {}).items(), key=lambda kv: (kv[1]["group"] != "adult", kv[0]))
+    for source, m in items:
+        called = m["called_covid19"]
+        not_called = proportion(called["n"] - called["k"], called["n"]) if called["n"] else None
+        rows.append([source, m["group"], str(m["n"]), str(m["n_partial"]), fmt_rate(called), fmt_rate(not_called)])
     return header, rows
 
 
@@ -453,13 +527,13 @@ def table_breakdown(metrics: dict, key: str = "by_source") -> tuple[list[str], l
     """One row per source (or group): accuracy, correct/total per class, the COVID shortcut check."""
     names = metrics["class_names"]
     title = {"by_source": "source", "by_group": "group"}.get(key, key)
-    header = [title, "n", "accuracy", *(f"{c} ok" for c in names),
+    header = [title, "n", "accuracy", "right (partial: allowed class)", *(f"{c} ok" for c in names),
               "non-COVID not called COVID-19", "partial not called COVID-19"]
     rows = []
     for value, m in metrics[key].items():
         per = [f"{m['sensitivity'][c]['k']}/{m['sensitivity'][c]['n']}"
                if c in m["sensitivity"] else "-" for c in names]
-        rows.append([value, str(m["n"]), fmt_rate(m["accuracy"]), *per,
+        rows.append([value, str(m["n"]), fmt_rate(m["accuracy"]), fmt_rate(m.get("label_consistent")), *per,
                      fmt_rate(m["non_covid_not_called_covid19"]),
                      fmt_rate(_pooled_partial(m["partial_labels"]))])
     return header, rows
@@ -498,4 +572,11 @@ def format_metrics(metrics: dict) -> str:
     for key, title in (("by_source", "by source"), ("by_group", "by group")):
         if metrics.get(key):
             parts += ["", title, text_table(*table_breakdown(metrics, key), indent="  ")]
+    if metrics.get("called_covid19_by_source"):
+        parts += ["", "non-COVID films called COVID-19, by source (the shortcut check)",
+                  text_table(*table_called_covid(metrics), indent="  ")]
+    worst = metrics.get("worst_source")
+    if worst:
+        parts += ["", f"worst source: {worst['source']}, {fmt_rate(worst['rate'])} right "
+                      f"(sources with >= {MIN_SOURCE} images)"]
     return "\n".join(parts)

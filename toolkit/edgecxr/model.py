@@ -82,10 +82,7 @@ def build_model(cfg: TrainConfig):
     backbone = build_backbone(cfg)
     inputs = keras.Input((cfg.image_size, cfg.image_size, 3), name="image")
     if pretrained(cfg):
-        backbone.trainable = cfg.fine_tune > 0
-        if cfg.fine_tune > 0:
-            for layer in backbone.layers[: max(0, len(backbone.layers) - cfg.fine_tune)]:
-                layer.trainable = False
+        _set_trainable_top(backbone, cfg.fine_tune)
         features = backbone(inputs, training=False)
     else:
         backbone.trainable = True
@@ -100,12 +97,31 @@ def build_model(cfg: TrainConfig):
     return keras.Model(inputs, outputs, name=f"edgecxr_mnv3{cfg.architecture}")
 
 
+def _set_trainable_top(backbone, n: int) -> None:
+    backbone.trainable = n > 0
+    if n > 0:
+        for layer in backbone.layers[: max(0, len(backbone.layers) - n)]:
+            layer.trainable = False
+
+
+def set_backbone_trainable(model, n: int) -> None:
+    """Train only the top ``n`` layers of a built model's backbone (0 = a frozen feature extractor).
+
+    The backbone keeps running in inference mode either way (``build_model`` calls it with
+    ``training=False``), so its BatchNorm statistics stay the pretrained ones; recompile after this.
+    """
+    keras = _keras()
+    backbone = next(layer for layer in model.layers if isinstance(layer, keras.Model))
+    _set_trainable_top(backbone, n)
+
+
 def model_spec(cfg: TrainConfig, **overrides) -> ModelSpec:
     """The deployment facts of a model built from ``cfg``."""
     from . import __version__
 
     spec = ModelSpec(
         class_names=list(cfg.class_names),
+        partial_labels={k: list(v) for k, v in cfg.partial_labels.items()},
         image_size=cfg.image_size,
         architecture="MobileNetV3" + cfg.architecture.capitalize(),
         minimalistic=cfg.minimalistic,
@@ -134,7 +150,7 @@ def load_run_model(run_dir: str | Path, which: str = "best"):
     if not ckpt.is_file():
         raise ModelFileError(f"{run_dir}: no checkpoint {ckpt.name} (was training interrupted before the first epoch?)")
     cfg = TrainConfig.load(cfg_path)
-    build_cfg = TrainConfig.from_dict({**cfg.__dict__, "weights": "none"})
+    build_cfg = TrainConfig.from_dict({**cfg.__dict__, "weights": "none", "head_epochs": 0})
     model = build_model(build_cfg)
     # Re-apply the frozen/trainable layout of the trained model (it does not change inference).
     try:

@@ -20,11 +20,13 @@ import numpy as np
 from .errors import ModelFileError
 from .io import atomic_write_bytes, atomic_write_text
 from .metrics import (
+    MIN_SOURCE,
     fmt_num,
     fmt_rate,
     json_safe,
     table_breakdown,
     table_confusion,
+    table_called_covid,
     table_partial,
     table_per_class,
 )
@@ -158,6 +160,16 @@ def render_markdown(metrics: dict, title: str = "", images: list[str] = (),
                           "instead of diseases calls one source's normals COVID-19.", ""]
                 explained = True
             lines += [md_table(*table_breakdown(metrics, key)), ""]
+    if metrics.get("called_covid19_by_source"):
+        lines += ["## Non-COVID films called COVID-19, by source", "",
+                  "The shortcut check, one row per source, adult sources first: normals, pneumonias and "
+                  "partial-label films (tuberculosis, pneumonia without subtype) that were called COVID-19.",
+                  "", md_table(*table_called_covid(metrics)), ""]
+    worst = metrics.get("worst_source")
+    if worst:
+        lines += [f"**Worst source: {worst['source']}**, {fmt_rate(worst['rate'])} of its images right "
+                  f"(partial labels: a class they allow; sources with at least {MIN_SOURCE} images). "
+                  "Choose checkpoints and recipes by this number, not the mean.", ""]
     if plots_skipped:
         lines += ["> Plots were skipped: matplotlib is not installed "
                   "(pip install 'edgecxr[dev]').", ""]

@@ -15,7 +15,7 @@ import zipfile
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-from . import CLASS_NAMES
+from . import CLASS_NAMES, PARTIAL_LABELS
 from .errors import ModelFileError
 
 SPEC_MEMBER = "edgecxr_spec.json"
@@ -27,6 +27,8 @@ class ModelSpec:
     """How to feed the model and read its output."""
 
     class_names: list[str] = field(default_factory=lambda: list(CLASS_NAMES))
+    # labels that are not classes -> the classes they allow (how evaluate and the guard score them)
+    partial_labels: dict = field(default_factory=lambda: {k: list(v) for k, v in PARTIAL_LABELS.items()})
     image_size: int = 224
     # Pixels go in as RGB values 0..255 (float32, or uint8/int8 when the input is quantized); the
     # model rescales them itself (Keras MobileNetV3 include_preprocessing=True).

@@ -49,7 +49,7 @@ def log(msg: str) -> None:
 
 def prepare_splits(cfg: TrainConfig, run_dir: Path):
     """Load the records, make (or read) a patient-level split, refuse leakage, save splits.csv."""
-    records = data_mod.load_records(cfg.data, cfg.extra_data)
+    records = data_mod.load_records(cfg.data, cfg.extra_data, partial_labels=cfg.partial_labels)
     if cfg.splits_file:
         splits = data_mod.load_splits(cfg.splits_file, records)
     elif (run_dir / "splits.csv").is_file():
@@ -68,7 +68,8 @@ def load_split(records, splits, which: str, cfg: TrainConfig) -> SplitArrays:
 
     images, kept = data_mod.load_split_arrays(records, splits, which, cfg.image_size, on_error=skipped,
                                               equalize=cfg.equalize)
-    targets = np.stack([data_mod.target_vector(r.label, cfg.class_names) for r in kept]) if kept else (
+    targets = np.stack([data_mod.target_vector(r.label, cfg.class_names, cfg.partial_labels)
+                        for r in kept]) if kept else (
         np.zeros((0, len(cfg.class_names)), np.float32)
     )
     return SplitArrays(images, targets.astype(np.float32), kept, list(cfg.class_names))
@@ -103,7 +104,11 @@ def distilled_targets(train: SplitArrays, cfg: TrainConfig) -> np.ndarray:
                             f"e.g. {missing[0]}; {hint}")
         total += np.stack([by_file[f] for f in wanted])
     teacher = total / len(cfg.teachers)
-    return ((1 - cfg.distill_weight) * train.targets + cfg.distill_weight * teacher).astype(np.float32)
+    blended = (1 - cfg.distill_weight) * train.targets + cfg.distill_weight * teacher
+    # A partial label keeps its own target (the set of classes it allows): a teacher's guess at the
+    # subtype is exactly what the label does not know.
+    partial = np.any(train.targets < 0, axis=1)
+    return np.where(partial[:, None], train.targets, blended).astype(np.float32)
 
 
 def epoch_indices(train: SplitArrays, cfg: TrainConfig, epoch: int) -> tuple[np.ndarray, np.ndarray]:
@@ -112,7 +117,8 @@ def epoch_indices(train: SplitArrays, cfg: TrainConfig, epoch: int) -> tuple[np.
     ``oversample`` draws every fully-labelled class up to the size of the largest one (with
     replacement, reshuffled each epoch with a seed derived from the epoch, so a resumed run sees
     the same sequence); with ``balance_groups`` each class's draw is shared equally between its
-    age groups. Partial-label images are drawn ``partial_share`` of a class per epoch.
+    age groups. The images of each partial label are drawn ``partial_share`` of the largest class
+    per epoch (each label its own share, so 400 tuberculosis films do not crowd out 250 pneumonias).
     ``class_weight`` keeps the natural order and weights the loss inversely to class frequency.
     """
     rng = np.random.default_rng([cfg.seed, epoch])
@@ -135,8 +141,10 @@ def epoch_indices(train: SplitArrays, cfg: TrainConfig, epoch: int) -> tuple[np.
             share = largest // len(cells)
             for cell in cells:
                 parts.append(_draw(cell, share, rng))
-        partial = np.flatnonzero(labels < 0)
-        parts.append(_draw(partial, int(cfg.partial_share * largest), rng) if cfg.partial_share > 0 else partial)
+        partial_names = np.array([r.label for r in train.records], dtype=object)
+        for name in sorted(set(partial_names[labels < 0])):
+            members = np.flatnonzero((labels < 0) & (partial_names == name))
+            parts.append(_draw(members, int(cfg.partial_share * largest), rng) if cfg.partial_share > 0 else members)
         order = np.concatenate(parts).astype(np.int64)
     else:
         order = np.arange(len(labels))
@@ -273,10 +281,12 @@ def affine_transforms(tf, cfg: TrainConfig, draw, batch, rotation: float, height
                      a10, a11, cy - a10 * ox - a11 * oy, zero, zero], axis=1)
 
 
-def make_dataset(train: SplitArrays, cfg: TrainConfig, first_epoch: int, tf, keras, global_batch: int):
-    """A tf.data pipeline over all remaining epochs, with a fixed number of steps per epoch."""
+def make_dataset(train: SplitArrays, cfg: TrainConfig, first_epoch: int, tf, keras, global_batch: int,
+                 end_epoch: int | None = None):
+    """A tf.data pipeline over epochs ``first_epoch`` to ``end_epoch`` (default: the last), with a
+    fixed number of steps per epoch."""
     orders, weights = [], None
-    for epoch in range(first_epoch, cfg.epochs):
+    for epoch in range(first_epoch, cfg.epochs if end_epoch is None else end_epoch):
         order, weights = epoch_indices(train, cfg, epoch)
         orders.append(order)
     steps = math.ceil(len(orders[0]) / global_batch)
@@ -311,17 +321,89 @@ def strategy_for(cfg: TrainConfig, tf):
     return tf.distribute.get_strategy()
 
 
-def learning_rate(cfg: TrainConfig, steps_per_epoch: int, keras):
+def learning_rate(cfg: TrainConfig, steps_per_epoch: int, keras, base: float | None = None,
+                  epochs: int | None = None, warmup_epochs: int | None = None):
+    """The learning rate (or schedule) of one training stage: by default the whole run's."""
+    base = cfg.learning_rate if base is None else base
+    epochs = cfg.epochs if epochs is None else epochs
+    warmup_epochs = cfg.warmup_epochs if warmup_epochs is None else warmup_epochs
     if cfg.lr_schedule == "constant":
-        return cfg.learning_rate
-    warmup = cfg.warmup_epochs * steps_per_epoch
+        return base
+    warmup = min(warmup_epochs, max(0, epochs - 1)) * steps_per_epoch
     return keras.optimizers.schedules.CosineDecay(
-        initial_learning_rate=cfg.learning_rate if warmup == 0 else cfg.learning_rate * 0.1,
-        decay_steps=max(1, cfg.epochs * steps_per_epoch - warmup),
+        initial_learning_rate=base if warmup == 0 else base * 0.1,
+        decay_steps=max(1, epochs * steps_per_epoch - warmup),
         alpha=0.01,
-        warmup_target=cfg.learning_rate if warmup else None,
+        warmup_target=base if warmup else None,
         warmup_steps=warmup,
     )
+
+
+@dataclass
+class Stage:
+    """A stretch of epochs trained with one set of trainable layers and one learning rate."""
+
+    start: int
+    end: int
+    trainable_top: int | None  # backbone layers trained from the top; None = all (from scratch)
+    learning_rate: float
+    warmup_epochs: int
+    name: str
+
+
+def training_stages(cfg: TrainConfig) -> list[Stage]:
+    """One stage, or the usual two-stage transfer recipe: the head on a frozen backbone first (a
+    random head's large gradients would wreck pretrained features), then the top ``fine_tune``
+    layers too, at a lower learning rate."""
+    from .model import pretrained
+
+    if not pretrained(cfg):
+        return [Stage(0, cfg.epochs, None, cfg.learning_rate, cfg.warmup_epochs, "from scratch")]
+    if cfg.head_epochs == 0:
+        name = f"top {cfg.fine_tune} backbone layers and head" if cfg.fine_tune else "head on a frozen backbone"
+        return [Stage(0, cfg.epochs, cfg.fine_tune, cfg.learning_rate, cfg.warmup_epochs, name)]
+    return [Stage(0, cfg.head_epochs, 0, cfg.learning_rate, cfg.warmup_epochs, "head on a frozen backbone"),
+            Stage(cfg.head_epochs, cfg.epochs, cfg.fine_tune, cfg.learning_rate * cfg.backbone_lr_scale, 0,
+                  f"top {cfg.fine_tune} backbone layers and head")]
+
+
+def partial_label_loss(tf, label_smoothing: float, n_classes: int):
+    """Cross-entropy for class targets; -log(summed probability of the allowed classes) for partial
+    labels, whose targets mark those classes with -1 (``data.target_vector``)."""
+
+    def loss(y_true, y_pred):
+        p = tf.clip_by_value(y_pred, 1e-7, 1.0)
+        partial = tf.reduce_any(y_true < 0, axis=-1)
+        allowed = tf.nn.relu(-y_true)
+        set_loss = -tf.math.log(tf.clip_by_value(tf.reduce_sum(p * allowed, axis=-1), 1e-7, 1.0))
+        t = tf.nn.relu(y_true)
+        if label_smoothing:
+            t = t * (1.0 - label_smoothing) + label_smoothing / n_classes
+        cross_entropy = -tf.reduce_sum(t * tf.math.log(p), axis=-1)
+        return tf.where(partial, set_loss, cross_entropy)
+
+    return loss
+
+
+def label_consistent_accuracy(tf):
+    """Top-1 accuracy where a partial label counts right when one of its allowed classes is called."""
+
+    def accuracy(y_true, y_pred):
+        called = tf.one_hot(tf.argmax(y_pred, axis=-1), tf.shape(y_pred)[-1])
+        truth = tf.where(tf.reduce_any(y_true < 0, axis=-1, keepdims=True), tf.nn.relu(-y_true),
+                         tf.one_hot(tf.argmax(y_true, axis=-1), tf.shape(y_true)[-1]))
+        return tf.reduce_sum(called * truth, axis=-1)
+
+    return accuracy
+
+
+def numpy_loss(targets: np.ndarray, probs: np.ndarray) -> float:
+    """The validation loss, as ``partial_label_loss`` computes it (without label smoothing)."""
+    p = np.clip(probs, 1e-7, 1.0)
+    partial = np.any(targets < 0, axis=1)
+    set_loss = -np.log(np.clip(np.sum(p * np.maximum(-targets, 0), axis=1), 1e-7, 1.0))
+    cross_entropy = -np.sum(np.maximum(targets, 0) * np.log(p), axis=1)
+    return float(np.mean(np.where(partial, set_loss, cross_entropy)))
 
 
 class Checkpointer:
@@ -368,10 +450,13 @@ class Checkpointer:
         if len(self.val.images) == 0:
             return {}
         probs = model.predict(self.val.images.astype(np.float32), batch_size=64, verbose=0)
-        eps = 1e-7
-        loss = float(-np.mean(np.sum(self.val.targets * np.log(np.clip(probs, eps, 1.0)), axis=1)))
-        m = metrics_mod.evaluate_predictions(self.val.labels, probs, self.cfg.class_names)
-        out = {"val_loss": loss, "val_accuracy": m["accuracy"]["value"]}
+        records = self.val.records
+        m = metrics_mod.evaluate_predictions(
+            self.val.labels, probs, self.cfg.class_names, sources=[r.source for r in records],
+            partial_labels=[r.label for r in records], partial_allowed=self.cfg.partial_labels)
+        out = {"val_loss": numpy_loss(self.val.targets, probs), "val_accuracy": m["accuracy"]["value"]}
+        if m.get("worst_source"):
+            out["val_worst_source"] = m["worst_source"]["rate"]["value"]
         macro = m.get("macro", {}).get("sensitivity")
         if macro is not None:
             out["val_macro_sensitivity"] = macro
@@ -488,17 +573,6 @@ def _train(cfg: TrainConfig, run_dir: Path, resume: bool) -> Path:
         model = model_mod.build_model(cfg)
         if first_epoch > 0:
             model.load_weights(str(run_dir / "checkpoints" / "last.weights.h5"))
-        dataset, steps = make_dataset(train_arr, cfg, first_epoch, tf, keras, global_batch)
-        lr = learning_rate(cfg, steps, keras)
-        optimizer = (keras.optimizers.AdamW(lr, weight_decay=cfg.weight_decay) if cfg.weight_decay
-                     else keras.optimizers.Adam(lr))
-        model.compile(
-            optimizer=optimizer,
-            loss=keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing),
-            metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
-        )
-        if first_epoch > 0:
-            optimizer.iterations.assign(first_epoch * steps)
 
     checkpointer = Checkpointer(keras, run_dir, val_arr, cfg, best)
     callbacks = [
@@ -511,9 +585,16 @@ def _train(cfg: TrainConfig, run_dir: Path, resume: bool) -> Path:
             monitor=cfg.monitor, mode=cfg.monitor_mode, patience=cfg.early_stopping))
     fit_start = time.time()
     interrupted = False
+    steps = 0
     try:
-        model.fit(dataset, epochs=cfg.epochs, initial_epoch=first_epoch, steps_per_epoch=steps,
-                  callbacks=callbacks, verbose=1 if sys.stdout.isatty() else 2)
+        for stage in training_stages(cfg):
+            if stage.end <= first_epoch:
+                continue
+            start = max(first_epoch, stage.start)
+            with strategy.scope():
+                steps = fit_stage(model, stage, start, train_arr, cfg, tf, keras, global_batch, callbacks)
+            if cfg.early_stopping and model.stop_training:
+                break
     except KeyboardInterrupt:
         interrupted = True
         log(f"interrupted: the last finished epoch is saved in {run_dir / 'checkpoints'}; "
@@ -531,6 +612,32 @@ def _train(cfg: TrainConfig, run_dir: Path, resume: bool) -> Path:
         raise KeyboardInterrupt
     log(summary)
     return run_dir
+
+
+def fit_stage(model, stage: Stage, start: int, train_arr: SplitArrays, cfg: TrainConfig, tf, keras,
+              global_batch: int, callbacks) -> int:
+    """Train epochs ``start`` to ``stage.end`` of one stage (compiling afresh: which layers train
+    changed); return the steps per epoch."""
+    from .model import set_backbone_trainable
+
+    if stage.trainable_top is not None:
+        set_backbone_trainable(model, stage.trainable_top)
+    dataset, steps = make_dataset(train_arr, cfg, start, tf, keras, global_batch, end_epoch=stage.end)
+    lr = learning_rate(cfg, steps, keras, base=stage.learning_rate, epochs=stage.end - stage.start,
+                       warmup_epochs=stage.warmup_epochs)
+    optimizer = (keras.optimizers.AdamW(lr, weight_decay=cfg.weight_decay) if cfg.weight_decay
+                 else keras.optimizers.Adam(lr))
+    model.compile(optimizer=optimizer,
+                  loss=partial_label_loss(tf, cfg.label_smoothing, len(cfg.class_names)),
+                  metrics=[keras.metrics.MeanMetricWrapper(label_consistent_accuracy(tf), name="accuracy")])
+    if start > stage.start:
+        optimizer.iterations.assign((start - stage.start) * steps)
+    trainable = sum(int(np.prod(w.shape)) for w in model.trainable_weights)
+    log(f"epochs {start + 1}-{stage.end}: {stage.name}, learning rate {stage.learning_rate:g}, "
+        f"{trainable:,} trainable parameters")
+    model.fit(dataset, epochs=stage.end, initial_epoch=start, steps_per_epoch=steps,
+              callbacks=callbacks, verbose=1 if sys.stdout.isatty() else 2)
+    return steps
 
 
 class EpochTimer:
@@ -595,7 +702,7 @@ def finish(run_dir: Path, cfg: TrainConfig, val: SplitArrays, keras, train_image
     metrics = metrics_mod.evaluate_predictions(
         val.labels, probs, cfg.class_names,
         sources=[r.source for r in val.records], groups=[r.group for r in val.records],
-        partial_labels=[r.label for r in val.records],
+        partial_labels=[r.label for r in val.records], partial_allowed=cfg.partial_labels,
     )
     per_epoch = fit_seconds / epochs_run if epochs_run > 0 else float("nan")
     metrics["training"] = {
