@@ -237,3 +237,111 @@ def test_bench_with_splits_but_no_split_scores_the_test_split(tiny_tflite, synth
     assert report.rows[0].n_images == splits.count("test") > 0
     assert splits.count("test") < len(records)
     assert any("scoring the test split" in note for note in report.notes)
+
+
+# --- the closing recommendation ------------------------------------------------------------------
+
+
+def _row(name, p50, accuracy=None, engine="ai_edge_litert 2.3.0", threads=1):
+    from edgecxr.bench import BenchRow
+
+    stats = LatencyStats.from_times(p50, [], [p50])
+    return BenchRow(model=f"/m/{name}", name=name, threads=threads, engine=engine, model_only=stats,
+                    accuracy=accuracy)
+
+
+def test_recommend_names_the_fastest_file_within_the_tolerance_of_the_most_accurate():
+    from edgecxr.bench import recommend
+
+    rows = [_row("float32.tflite", 1.0, 0.803), _row("int8.tflite", 0.6, 0.797),
+            _row("tiny.tflite", 0.2, 0.70), _row("f.onnx", 0.9, 0.803, engine="onnxruntime 1.32.0")]
+    line = recommend(rows, tolerance=1.0)
+    assert line.startswith("recommended on this machine: int8.tflite (ai_edge_litert 2.3.0, 1 thread(s), p50 0.60 ms")
+    assert "float32.tflite is the most accurate at 80.3%" in line and "within 1 accuracy point" in line
+    # A tighter tolerance rules the int8 file out; the faster of the two most accurate wins.
+    assert recommend(rows, tolerance=0.5).startswith("recommended on this machine: f.onnx (onnxruntime 1.32.0")
+    # The fastest-but-inaccurate file wins only when the tolerance covers its loss.
+    assert "tiny.tflite" in recommend(rows, tolerance=11.0)
+
+
+def test_recommend_without_accuracy_or_with_one_file():
+    from edgecxr.bench import recommend
+
+    assert recommend([_row("a.tflite", 1.0, 0.8), _row("a.tflite", 0.5, 0.8, threads=2)]) == ""
+    line = recommend([_row("a.tflite", 1.0), _row("b.tflite", 0.5)])
+    assert "b.tflite" in line and "accuracy not weighed" in line and "--data" in line
+
+
+def test_cli_bench_of_several_models_ends_with_the_recommendation(tiny_tflite, synthetic_folder):
+    args = ["bench", str(tiny_tflite.float32), str(tiny_tflite.int8), "--data", str(synthetic_folder),
+            "--runs", "5", "--warmup", "1"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.stderr
+    last = result.stdout.strip().splitlines()[-1]
+    assert last.startswith("recommended on this machine: tiny ")
+    report = json.loads(CliRunner().invoke(main, [*args, "--json"]).stdout)
+    rows = report["rows"]
+    best = max(r["accuracy"] for r in rows)
+    eligible = [r for r in rows if (best - r["accuracy"]) * 100 <= 1.0]
+    fastest = min(eligible, key=lambda r: r["model_only"]["p50_ms"])
+    assert report["recommendation"].startswith(f"recommended on this machine: {fastest['name']} (")
+
+
+# --- --peers: ONNX Runtime rows -------------------------------------------------------------------
+
+
+def test_peers_without_the_extra_is_one_note(tiny_tflite, monkeypatch):
+    import edgecxr.peers
+
+    monkeypatch.setattr(edgecxr.peers, "PEER_MODULES", ("edgecxr_no_such_module",))
+    result = CliRunner().invoke(main, ["bench", str(tiny_tflite.float32), "--peers", "--runs", "3", "--warmup", "0"])
+    assert result.exit_code == 0, result.stderr
+    assert "note: --peers: ONNX Runtime rows skipped, edgecxr_no_such_module not installed" in result.stdout
+    assert "pip install 'edgecxr[peers]'" in result.stdout and "onnxruntime" not in result.stdout.split("note:")[0]
+
+
+def test_peers_add_onnx_runtime_rows_timed_and_scored_like_ours(tiny_tflite, synthetic_folder, tmp_path):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    pytest.importorskip("tf2onnx")
+    records = load_records(synthetic_folder, notes=[])
+    splits_csv = tmp_path / "splits.csv"
+    save_splits(splits_csv, records, split_by_patient(records, 0.25, 0.25, seed=0))
+    report = bench([tiny_tflite.int8], data=synthetic_folder, splits_file=splits_csv, split="all",
+                   peers=True, **FAST)
+    names = [r.name for r in report.rows]
+    # The float32 twin next to the int8 file is found, benchmarked and converted.
+    assert names == ["tiny int8.tflite", "tiny float32.tflite", "tiny float32.onnx (tf2onnx)",
+                     "tiny float32_qdq_int8.onnx (QDQ per-channel)"], [r.error for r in report.rows]
+    lite_f32, ort_f32, ort_int8 = report.rows[1:]
+    for row in (ort_f32, ort_int8):
+        assert row.status == "ok", row.error
+        assert row.engine.startswith("onnxruntime ") and row.io_dtype == "float32" and row.xnnpack is None
+        _assert_latency(row.model_only, **FAST)
+        _assert_latency(row.end_to_end, **FAST)
+        assert row.n_images == lite_f32.n_images == 48 and row.metrics is not None
+    assert (ort_f32.quantization, ort_int8.quantization) == ("none", "int8")
+    # Same network, same preprocessing: float32 ONNX Runtime scores what float32 LiteRT scores.
+    assert ort_f32.accuracy == pytest.approx(lite_f32.accuracy, abs=1 / 48 + 1e-9)
+    assert ort_f32.metrics["confusion_matrix"]["matrix"] == lite_f32.metrics["confusion_matrix"]["matrix"]
+    assert ort_int8.accuracy > 0.5  # calibrated int8 still reads the synthetic cue; chance is 0.25
+    # Size is the converted file's: float32 ONNX about the float32 .tflite, int8 clearly smaller.
+    assert ort_f32.size_mb == pytest.approx(lite_f32.size_mb, rel=0.5) and ort_int8.size_mb < ort_f32.size_mb
+    assert any(f"training split of {splits_csv}" in n for n in report.notes)
+    assert any("float32 twin of tiny int8.tflite" in n for n in report.notes)
+    assert report.recommendation.startswith("recommended on this machine: ")
+    assert "XNNPACK: on (" in report.to_table()  # the ONNX rows do not blur the TFLite header
+
+
+def test_onnx_classifier_matches_the_tflite_probabilities(tiny_tflite, tmp_path):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    pytest.importorskip("tf2onnx")
+    from edgecxr.peers import OnnxClassifier, convert
+
+    notes = []
+    (name, path, spec), = convert(tiny_tflite.float32, tmp_path, None, notes)
+    assert path.is_file() and "no images to calibrate" in notes[0]
+    onnx_clf, lite = OnnxClassifier(path, spec, num_threads=1), Classifier(tiny_tflite.float32)
+    images = tiny_tflite.images[:40]  # more than one batch of MAX_BATCH
+    np.testing.assert_allclose(onnx_clf.predict_arrays(images), lite.predict_arrays(images), atol=1e-4)

@@ -18,3 +18,7 @@ PARTIAL_LABELS = {
     # TBX11K tuberculosis (adult, pre-2020): neither normal nor COVID-19
     "tuberculosis": ("bacterial", "viral"),
 }
+
+# Accuracy points an int8 export may lose against Keras (`edgecxr export --max-drop`, the accuracy
+# guard); `edgecxr bench` uses the same tolerance to call two files equally accurate.
+DEFAULT_MAX_DROP = 1.0

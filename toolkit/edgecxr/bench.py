@@ -10,7 +10,9 @@ inference, warm-up mean, then steady-state mean/std/percentiles) in two flavours
   waiting for an answer sees.
 
 Accuracy on ``--data`` is scored by the same code as ``edgecxr evaluate`` (``evaluate.score``, i.e.
-``metrics.evaluate_predictions``). A model that fails to load or run becomes a ``failed`` row, never
+``metrics.evaluate_predictions``). ``--peers`` adds ONNX Runtime rows (``edgecxr.peers``) timed by
+the same code. A run of several models ends with one recommendation: the fastest row whose accuracy
+is within the accuracy guard's tolerance of the most accurate one. A model that fails to load or run becomes a ``failed`` row, never
 a crash, so one broken export does not hide the others. Only numpy, Pillow, click and the TFLite
 interpreter are imported: this runs on the device itself.
 """
@@ -25,6 +27,7 @@ import json
 import os
 import platform
 import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -32,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import DEFAULT_MAX_DROP
 from .errors import DataError, EdgeCXRError, ImageError, MissingExtraError, ModelFileError
 from .tables import md_table, text_table
 
@@ -93,6 +97,7 @@ class BenchRow:
     threads: int | None
     status: str = "ok"
     error: str = ""
+    engine: str = ""  # "ai_edge_litert 2.3.0", "onnxruntime 1.32.0"
     quantization: str = ""
     io_dtype: str = ""
     image_size: int | None = None
@@ -153,12 +158,14 @@ class BenchReport:
     header: BenchHeader
     rows: list[BenchRow]
     notes: list[str] = field(default_factory=list)
+    recommendation: str = ""  # one line, see recommend()
 
     def to_dict(self) -> dict:
         from .metrics import json_safe
 
         return json_safe({"schema": SCHEMA, "header": asdict(self.header),
-                          "rows": [asdict(r) for r in self.rows], "notes": self.notes})
+                          "rows": [asdict(r) for r in self.rows], "notes": self.notes,
+                          "recommendation": self.recommendation})
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2) + "\n"
@@ -183,6 +190,8 @@ class BenchReport:
             if row.metrics:
                 parts += ["", f"accuracy of {row.name} on {self.header.data}", format_metrics(row.metrics)]
         parts += ["", *(f"note: {n}" for n in self._all_notes())]
+        if self.recommendation:
+            parts += ["", self.recommendation]
         return "\n".join(parts) + "\n"
 
     def to_markdown(self) -> str:
@@ -202,6 +211,8 @@ class BenchReport:
             if row.metrics:
                 lines += [f"## Accuracy of {row.name}", "", "```", format_metrics(row.metrics), "```", ""]
         lines += ["## Notes", "", *(f"- {n}" for n in self._all_notes()), ""]
+        if self.recommendation:
+            lines += [f"**{self.recommendation}**", ""]
         return "\n".join(lines)
 
     # -- rendering helpers --------------------------------------------------------------------
@@ -226,13 +237,14 @@ class BenchReport:
         return [*self.notes, self.header.memory]
 
     def _summary(self) -> tuple[list[str], list[list[str]]]:
-        header = ["model", "status", "quant", "io", "size MB", "threads", "accuracy", "macro sens",
+        header = ["model", "status", "quant", "engine", "io", "size MB", "threads", "accuracy", "macro sens",
                   "COVID sens", "p50 ms", "p90 ms", "p99 ms", "images/s", "e2e p50 ms", "e2e images/s",
                   "peak RSS MB"]
         rows = []
         for r in self.rows:
             m, e = r.model_only, r.end_to_end
-            rows.append([r.name, r.status, r.quantization or "-", r.io_dtype or "-", _num(r.size_mb, 2),
+            rows.append([r.name, r.status, r.quantization or "-", r.engine or "-", r.io_dtype or "-",
+                         _num(r.size_mb, 2),
                          _threads(r.threads), _num(r.accuracy), _num(r.macro_sensitivity),
                          _num(r.covid_sensitivity), _num(m and m.p50_ms, 2), _num(m and m.p90_ms, 2),
                          _num(m and m.p99_ms, 2), _num(m and m.images_per_s, 1), _num(e and e.p50_ms, 2),
@@ -270,12 +282,16 @@ def bench(
     limit: int | None = None,
     progress: bool = False,
     command: str = "",
+    peers: bool = False,
+    tolerance: float = DEFAULT_MAX_DROP,
 ) -> BenchReport:
     """Benchmark each model at each thread count; with no models, the shipped default model.
 
     With ``data``, accuracy is measured on it (optionally one ``split`` of ``splits_file``, and at
     most ``limit`` images sampled with a fixed seed) and end-to-end latency uses its files;
-    without, end-to-end latency uses synthetic JPEGs and accuracy is left empty.
+    without, end-to-end latency uses synthetic JPEGs and accuracy is left empty. ``peers`` adds
+    ONNX Runtime float32 and static int8 rows converted from the float32 model (``edgecxr.peers``);
+    ``tolerance`` (accuracy points) is what the closing recommendation counts as equally accurate.
     """
     from .runtime import default_model_path, interpreter_backend
 
@@ -284,20 +300,38 @@ def bench(
     threads = list(threads) or [None]
     if any(t is not None and t < 1 for t in threads):
         raise EdgeCXRError("thread counts must be positive")
+    if not (tolerance >= 0 and np.isfinite(tolerance)):
+        raise EdgeCXRError("--tolerance must be a non-negative number of accuracy points")
+    default_used = not models
     models = [Path(m) for m in models] or [default_model_path()]
     notes: list[str] = []
     records = _records(data, extra, split, splits_file, limit, notes)
     sources, e2e_input = _end_to_end_sources(records, runs + warmup + 1)
     _, backend, backend_version = interpreter_backend()
 
+    peer_sources: list[Path] = []
+    if peers:
+        from . import peers as peers_mod
+
+        missing = peers_mod.missing_extra()
+        if missing:
+            notes.append(missing)
+        else:
+            peer_sources, added, peer_notes = peers_mod.float_sources(models, default_used)
+            models += added
+            notes += peer_notes
+
     rows: list[BenchRow] = []
     for model in models:
         rows += _bench_model(model, threads, runs, warmup, records, sources, progress)
+    if peer_sources:
+        rows += _bench_peers(peer_sources, threads, runs, warmup, records, sources, progress, notes,
+                             (data, extra, splits_file))
     notes += [f"{r.name}: {r.n_unreadable} unreadable image(s) skipped, {r.n_images} scored"
               for r in rows if r.n_unreadable and r.metrics]
 
     sizes = sorted({r.image_size for r in rows if r.image_size})
-    xnn = {r.xnnpack for r in rows if r.status == "ok"}
+    xnn = {r.xnnpack for r in rows if r.status == "ok" and not r.engine.startswith("onnxruntime")}
     header = BenchHeader(
         date=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         command=command or "edgecxr bench",
@@ -316,16 +350,119 @@ def bench(
         platform=f"{platform.system()} {platform.machine()}",
         python=platform.python_version(),
     )
-    return BenchReport(header=header, rows=rows, notes=notes)
+    return BenchReport(header=header, rows=rows, notes=notes, recommendation=recommend(rows, tolerance))
 
 
-def _bench_model(model: Path, threads, runs, warmup, records, sources, progress) -> list[BenchRow]:
-    """All thread counts of one model; stops at the first failure (it would repeat)."""
+def recommend(rows: list[BenchRow], tolerance: float = DEFAULT_MAX_DROP) -> str:
+    """One line naming the fastest row (model-only p50) within ``tolerance`` points of the most accurate.
+
+    Empty unless at least two different files ran; without accuracy (no --data) it names the
+    fastest and says that accuracy was not weighed. Measured here, so it holds for this machine.
+    """
+    ok = [r for r in rows if r.status == "ok" and r.model_only is not None]
+    if len({r.model for r in ok}) < 2:
+        return ""
+
+    def where(r: BenchRow) -> str:
+        return f"{r.name} ({r.engine or 'engine unknown'}, {_threads(r.threads)} thread(s), p50 {r.model_only.p50_ms:.2f} ms"
+
+    scored = [r for r in ok if r.accuracy is not None]
+    if not scored:
+        fastest = min(ok, key=lambda r: r.model_only.p50_ms)
+        return (f"recommended on this machine: {where(fastest)}), the fastest; accuracy not weighed "
+                "(pass --data to compare it)")
+    best = max(scored, key=lambda r: r.accuracy)
+    within = [r for r in scored if (best.accuracy - r.accuracy) * 100 <= tolerance + 1e-9]
+    fastest = min(within, key=lambda r: r.model_only.p50_ms)
+    if fastest.model == best.model:
+        why = "the most accurate, and the fastest within"
+    else:
+        why = f"{best.name} is the most accurate at {best.accuracy:.1%}; this one is the fastest within"
+    return (f"recommended on this machine: {where(fastest)}, accuracy {fastest.accuracy:.1%}): {why} "
+            f"{tolerance:g} accuracy point(s) of it (the export guard's tolerance)")
+
+
+def _bench_peers(sources: list[Path], threads, runs, warmup, records, e2e_sources, progress, notes,
+                 data_args) -> list[BenchRow]:
+    """ONNX Runtime rows for each float32 source: convert into a temporary folder, then bench."""
+    from . import peers as peers_mod
+
+    rows: list[BenchRow] = []
+    with tempfile.TemporaryDirectory(prefix="edgecxr-peers-") as tmp:
+        for source in sources:
+            if progress:
+                print(f"--peers: converting {source.name} to ONNX (tf2onnx, in a child process) ...",
+                      file=sys.stderr, flush=True)
+            try:
+                calibration = _calibration_images(source, records, data_args, notes)
+                converted = peers_mod.convert(source, Path(tmp), calibration, notes)
+            except EdgeCXRError as exc:
+                rows.append(BenchRow(model=str(source), name=f"{source.stem}.onnx", threads=None,
+                                     status="failed", error=_one_line(exc), engine="onnxruntime"))
+                continue
+            for name, path, spec in converted:
+                if path is None:
+                    rows.append(BenchRow(model=str(source), name=name, threads=None, status="failed",
+                                         error=spec, engine="onnxruntime"))
+                    continue
+
+                def opener(model, n_threads, _spec=spec):
+                    return peers_mod.OnnxClassifier(model, _spec, num_threads=n_threads)
+
+                for row in _bench_model(path, threads, runs, warmup, records, e2e_sources, progress,
+                                        opener=opener, name=name):
+                    row.model = f"{source} converted to {path.name}"  # the file itself is temporary
+                    rows.append(row)
+    return rows
+
+
+def _calibration_images(source: Path, records, data_args, notes) -> np.ndarray:
+    """Images for ONNX Runtime's static int8, chosen the way ``edgecxr export`` chooses ours.
+
+    A stratified sample (``data.representative_sample``) of the training split of ``--splits``;
+    without ``--splits`` the scored images themselves (said in a note: that flatters the int8
+    row's accuracy); without ``--data`` the synthetic films, for latency only.
+    """
+    from .data import representative_sample
+    from .preprocess import load_image, load_images
+    from .spec import read_spec
+
+    spec = read_spec(source)
+    data, extra, splits_file = data_args
+    if records is None:
+        images = np.stack([load_image(io.BytesIO(b), spec.image_size, equalize=spec.equalize)
+                           for b in _synthetic_jpegs()])
+        notes.append(f"--peers: ONNX Runtime int8 calibrated on {len(images)} synthetic images (no --data)")
+        return images
+    from .peers import CALIBRATION_IMAGES
+
+    if splits_file:
+        from .data import load_records
+        from .evaluate import select_split
+
+        pool = select_split(load_records(data, extra, notes=[]), "train", Path(splits_file))
+        where = f"the training split of {splits_file}, as `edgecxr export` calibrates"
+    else:
+        pool = list(records)
+        where = "the scored images themselves (no --splits; pass the run's splits.csv to use its training split)"
+    picked = [pool[i].file for i in representative_sample(pool, CALIBRATION_IMAGES, seed=0)]
+    images, ok = load_images(picked, spec.image_size, equalize=spec.equalize)
+    notes.append(f"--peers: ONNX Runtime int8 calibrated on {len(ok)} images from {where}, "
+                 "stratified by class and source")
+    return images
+
+
+def _bench_model(model: Path, threads, runs, warmup, records, sources, progress, opener=None,
+                 name: str | None = None) -> list[BenchRow]:
+    """All thread counts of one model; stops at the first failure (it would repeat).
+
+    ``opener(path, num_threads)`` makes the classifier (default: the TFLite ``Classifier``).
+    """
     rows: list[BenchRow] = []
     for i, n_threads in enumerate(threads):
-        row = BenchRow(model=str(model), name=model.name, threads=n_threads)
+        row = BenchRow(model=str(model), name=name or model.name, threads=n_threads)
         try:
-            _bench_one(row, runs, warmup, records if i == 0 else None, sources, progress)
+            _bench_one(row, runs, warmup, records if i == 0 else None, sources, progress, opener)
         except (EdgeCXRError, RuntimeError, ValueError, OSError, MemoryError) as exc:
             if isinstance(exc, MissingExtraError):
                 raise
@@ -341,16 +478,18 @@ def _bench_model(model: Path, threads, runs, warmup, records, sources, progress)
     return rows
 
 
-def _bench_one(row: BenchRow, runs, warmup, records, sources, progress) -> None:
+def _bench_one(row: BenchRow, runs, warmup, records, sources, progress, opener=None) -> None:
     from .runtime import Classifier
 
+    opener = opener or (lambda model, n_threads: Classifier(model, num_threads=n_threads))
     gc.collect()
     rss_before = _rss_mb()
     total = 2 * (runs + warmup + 1) + (len(records) if records else 0)
     with _progress(progress, total, f"{row.name}, threads={_threads(row.threads)}") as bar:
         t0 = time.perf_counter()
-        clf = Classifier(row.model, num_threads=row.threads)
+        clf = opener(row.model, row.threads)
         row.init_ms = (time.perf_counter() - t0) * 1e3
+        row.engine = f"{clf.interpreter_name} {clf.interpreter_version}"
         row.quantization, row.io_dtype = clf.spec.quantization, clf.input_dtype
         row.image_size, row.xnnpack = clf.image_size, clf.xnnpack
         row.size_mb = Path(row.model).stat().st_size / 1e6
@@ -380,12 +519,11 @@ def _time_model_only(clf, runs: int, warmup: int, bar) -> LatencyStats:
         x = rng.uniform(lo, hi, size=(1, size, size, 3)).astype(dtype)
     if not clf.resize_batch(1):
         raise ModelFileError(f"{clf.model_path}: cannot set the input to one image")
-    interpreter = clf.interpreter
-    interpreter.set_tensor(details["index"], x)
+    call = clf.bind_input(x)
 
     def once() -> float:
         t0 = time.perf_counter()
-        interpreter.invoke()
+        call()
         bar.update(1)
         return (time.perf_counter() - t0) * 1e3
 

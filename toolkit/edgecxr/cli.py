@@ -11,6 +11,7 @@ import sys
 
 import click
 
+from . import DEFAULT_MAX_DROP
 from .errors import EdgeCXRError
 
 
@@ -160,7 +161,7 @@ def evaluate(target, data, split, splits_file, extra_data, out, threads, as_json
 @click.option("--io", type=click.Choice(["uint8", "int8", "float32"]),
               help="Input/output tensor type, --quantize int8 only (default uint8).")
 @click.option("--force", is_flag=True, help="Overwrite an existing export of the same name.")
-@click.option("--max-drop", default=1.0, show_default=True, type=float,
+@click.option("--max-drop", default=DEFAULT_MAX_DROP, show_default=True, type=float,
               help="Accuracy points the export may lose vs Keras, in total and in any subgroup.")
 @click.option("--representative", type=click.IntRange(min=1),
               help="int8 calibration images from the training split, stratified by class and source (default 200).")
@@ -285,13 +286,21 @@ def _command_line(ctx) -> str:
 @click.option("--plot", type=click.Path(dir_okay=False), help="Write a latency-vs-accuracy PNG (needs --data).")
 @click.option("--out", type=click.Path(dir_okay=False), help="Write the report to this file instead of stdout.")
 @click.option("--force", is_flag=True, help="Overwrite --out / --plot if they exist.")
+@click.option("--peers", is_flag=True,
+              help="Also convert the float32 model to ONNX (tf2onnx) and bench ONNX Runtime float32 and static "
+                   "int8 rows (pip install 'edgecxr[peers]').")
+@click.option("--tolerance", default=DEFAULT_MAX_DROP, show_default=True, type=click.FloatRange(min=0),
+              help="Accuracy points within which the closing recommendation calls two files equally accurate "
+                   "(the export guard's --max-drop).")
 @friendly_errors
-def bench(models, data, extra_data, split, splits_file, threads, runs, warmup, limit, fmt, plot, out, force):
+def bench(models, data, extra_data, split, splits_file, threads, runs, warmup, limit, fmt, plot, out, force,
+          peers, tolerance):
     """Latency, memory and accuracy of .tflite MODELS as one table (default: the shipped model).
 
     Latency follows TFLite's benchmark_model (init, first, warm-up, then mean/std/p50/p90/p99) for
     invoke() alone and end to end (decode + preprocess + invoke). A model that fails is a row, and
-    the exit code is 1 if any did.
+    the exit code is 1 if any did. With several models the last line recommends the fastest one
+    within --tolerance points of the most accurate, on this machine.
     """
     from .bench import bench as run_bench
     from .errors import EdgeCXRError
@@ -304,7 +313,7 @@ def bench(models, data, extra_data, split, splits_file, threads, runs, warmup, l
             refuse_overwrite(path, force)
     report = run_bench(models, data=data, threads=threads, runs=runs, warmup=warmup, extra=extra_data,
                        split=split, splits_file=splits_file, limit=limit, progress=True,
-                       command=_command_line(click.get_current_context()))
+                       command=_command_line(click.get_current_context()), peers=peers, tolerance=tolerance)
     render = {"json": report.to_json, "csv": report.to_csv, "md": report.to_markdown}.get(fmt, report.to_table)
     text = render()
     if out:

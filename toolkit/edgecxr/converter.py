@@ -190,3 +190,48 @@ def check_io_types(tflite: bytes, io: str) -> None:
     got = {np.dtype(d["dtype"]).name for d in (*interp.get_input_details(), *interp.get_output_details())}
     if got != {io}:
         raise EdgeCXRError(f"internal: asked for {io} input/output, the converter produced {sorted(got)}")
+
+
+# --- to ONNX (edgecxr bench --peers) -----------------------------------------------------------------
+
+
+def tflite_to_onnx(tflite_path: str | Path, onnx_path: str | Path) -> None:
+    """Convert a float32 ``.tflite`` to ONNX with tf2onnx, the route an engineer would take.
+
+    From the exported ``.tflite`` rather than from Keras: the same graph (head BatchNorm folded,
+    batch 1) that LiteRT runs, and no run directory needed. tf2onnx imports TensorFlow, which is
+    why this lives here and ``edgecxr.peers`` calls it in a child process (``python -m
+    edgecxr.converter``), keeping TensorFlow out of the benchmarking process and its memory numbers.
+    """
+    require("onnx", "peers")
+    tf2onnx = require("tf2onnx", "peers")
+    with quiet_converter(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        tf2onnx.convert.from_tflite(str(tflite_path), output_path=str(onnx_path))
+
+
+def _main(argv: list[str]) -> int:
+    """``python -m edgecxr.converter to-onnx IN.tflite OUT.onnx``: errors as one line on stderr."""
+    import sys
+
+    if len(argv) != 3 or argv[0] != "to-onnx":
+        print("usage: python -m edgecxr.converter to-onnx IN.tflite OUT.onnx", file=sys.stderr)
+        return 2
+    try:
+        tflite_to_onnx(argv[1], argv[2])
+    except EdgeCXRError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except Exception as exc:  # noqa: BLE001 - tf2onnx raises anything; the parent reports it
+        lines = str(exc).strip().splitlines()
+        print(f"error: tf2onnx failed: {exc.__class__.__name__}: {lines[0] if lines else ''}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    import os
+    import sys
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    sys.exit(_main(sys.argv[1:]))

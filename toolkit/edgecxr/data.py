@@ -431,6 +431,26 @@ def load_records(
     return records
 
 
+def representative_sample(records: Sequence, n: int, seed: int = 0) -> list[int]:
+    """Indices of up to ``n`` records drawn evenly across (label, source) strata (int8 calibration).
+
+    Round-robin over the strata rather than proportional: int8 ranges are set by what the
+    calibration images contain, so a rare stratum (adult COVID-19 films from one hospital) needs
+    to be present even if it is 2% of the training split.
+    """
+    rng = np.random.default_rng(seed)
+    strata: dict = defaultdict(list)
+    for i, rec in enumerate(records):
+        strata[(rec.label, rec.source)].append(i)
+    queues = [list(rng.permutation(strata[key])) for key in sorted(strata)]
+    chosen: list[int] = []
+    while len(chosen) < n and any(queues):
+        for queue in queues:
+            if queue and len(chosen) < n:
+                chosen.append(int(queue.pop()))
+    return sorted(chosen)
+
+
 def allowed_classes(label: str, class_names: Sequence[str] = CLASS_NAMES,
                     partial_labels: Mapping[str, Sequence[str]] | None = None) -> list[str]:
     """The classes a label allows: itself for a class, its set for a partial label (in model order).

@@ -35,7 +35,7 @@ import math
 import shlex
 import sys
 import time
-from collections import Counter, defaultdict
+from collections import Counter
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -54,9 +54,10 @@ from .converter import (
     representative_dataset,
     require_tf,
 )
+from .data import representative_sample  # noqa: F401 - also edgecxr.export's public name
 from .delegation import delegation_note
 from .errors import DataError, EdgeCXRError, GuardError
-from .guard import GuardData, GuardReport, keras_probabilities, load_guard_data, run_guard
+from .guard import DEFAULT_MAX_DROP, GuardData, GuardReport, keras_probabilities, load_guard_data, run_guard
 from .io import atomic_temp_path, atomic_write_bytes, atomic_write_text, refuse_overwrite
 from .qat import quantization_aware
 from .selective import selective_int8
@@ -109,7 +110,7 @@ class ExportOptions:
     quantize: str = "int8"
     io: str | None = None  # input/output tensor type; int8 mode only (default uint8)
     force: bool = False
-    max_drop: float = 1.0  # accuracy points the export may lose, in total and per subgroup
+    max_drop: float = DEFAULT_MAX_DROP  # accuracy points the export may lose, in total and per subgroup
     representative: int | None = None  # calibration images (int8 only; default 200)
     keep_float: str | Sequence[str] | None = None  # "auto", "auto:K" or layer names (int8 only)
     qat_epochs: int | None = None  # quantization-aware fine-tuning epochs (int8 only)
@@ -373,26 +374,6 @@ def _remedy(opts: ExportOptions, cfg, notes: dict | None = None) -> str:
 
 
 # --- int8 calibration --------------------------------------------------------------------------
-
-
-def representative_sample(records: Sequence, n: int, seed: int = 0) -> list[int]:
-    """Indices of up to ``n`` records drawn evenly across (label, source) strata.
-
-    Round-robin over the strata rather than proportional: int8 ranges are set by what the
-    calibration images contain, so a rare stratum (adult COVID-19 films from one hospital) needs
-    to be present even if it is 2% of the training split.
-    """
-    rng = np.random.default_rng(seed)
-    strata: dict = defaultdict(list)
-    for i, rec in enumerate(records):
-        strata[(rec.label, rec.source)].append(i)
-    queues = [list(rng.permutation(strata[key])) for key in sorted(strata)]
-    chosen: list[int] = []
-    while len(chosen) < n and any(queues):
-        for queue in queues:
-            if queue and len(chosen) < n:
-                chosen.append(int(queue.pop()))
-    return sorted(chosen)
 
 
 def calibration_images(guard_data: GuardData, n: int, seed: int, log) -> tuple[np.ndarray, dict]:

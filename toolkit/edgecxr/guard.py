@@ -17,6 +17,7 @@ from typing import Sequence
 
 import numpy as np
 
+from . import DEFAULT_MAX_DROP  # noqa: F401 - re-exported for export
 from . import data as data_mod
 from . import metrics as metrics_mod
 from .errors import DataError

@@ -326,6 +326,15 @@ class Classifier:
             )
         return inputs[0], outputs[0]
 
+    def bind_input(self, x: np.ndarray):
+        """Set ``x`` (an input tensor, see ``to_input``) and return the bare engine call.
+
+        ``edgecxr bench`` times what this returns, the same way for every engine (TFLite here,
+        ONNX Runtime in ``edgecxr.peers``), so model-only latency means one thing in every row.
+        """
+        self.interpreter.set_tensor(self.input_details["index"], x)
+        return self.interpreter.invoke
+
     def _invoke(self, batch: np.ndarray) -> np.ndarray:
         if not self.resize_batch(len(batch)):
             return np.concatenate([self._invoke(batch[i : i + 1]) for i in range(len(batch))])
