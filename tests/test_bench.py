@@ -345,3 +345,14 @@ def test_onnx_classifier_matches_the_tflite_probabilities(tiny_tflite, tmp_path)
     onnx_clf, lite = OnnxClassifier(path, spec, num_threads=1), Classifier(tiny_tflite.float32)
     images = tiny_tflite.images[:40]  # more than one batch of MAX_BATCH
     np.testing.assert_allclose(onnx_clf.predict_arrays(images), lite.predict_arrays(images), atol=1e-4)
+
+
+def test_a_failed_onnx_conversion_is_a_failed_row_not_a_crash(tiny_tflite, monkeypatch):
+    import edgecxr.peers
+
+    monkeypatch.setattr(edgecxr.peers, "missing_extra", lambda: None)
+    monkeypatch.setattr(edgecxr.peers, "_convert_float", lambda src, dst: "tf2onnx failed: KeyError: 'CUSTOM_OP'")
+    result = CliRunner().invoke(main, ["bench", str(tiny_tflite.float32), "--peers", "--runs", "3", "--warmup", "0"])
+    assert result.exit_code == 1 and "Traceback" not in result.stderr
+    assert "tiny float32.onnx (tf2onnx)" in result.stdout and "tf2onnx failed: KeyError: 'CUSTOM_OP'" in result.stdout
+    assert "1 of 2 rows failed" in result.stderr
