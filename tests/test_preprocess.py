@@ -155,3 +155,31 @@ def test_load_images_skips_and_reports_unreadable(tmp_path):
     arrays, ok = load_images([bad, good, tmp_path / "gone.png"], 16, on_error=lambda p, m: errors.append(p))
     assert arrays.shape == (1, 16, 16, 3) and ok == [1]
     assert errors == [bad, tmp_path / "gone.png"]
+
+
+def _rgb_throughout(path, size, equalize):
+    """The loader as it was before greyscale films stayed one band: RGB from the start."""
+    from PIL import ImageOps
+
+    with Image.open(path) as img:
+        img.draft(img.mode, (size, size))
+        img = img.convert("RGB").resize((size, size), Image.Resampling.BILINEAR)
+        return np.asarray(ImageOps.equalize(img) if equalize else img)
+
+
+@pytest.mark.parametrize("equalize", [False, True])
+def test_one_band_fast_path_gives_what_rgb_throughout_gave(tmp_path, equalize):
+    """Grey JPEG (draft-decoded), the same film saved as RGB, and a colour photo: same pixels as
+    the RGB-throughout loader, colour kept (the not-an-X-ray check needs it)."""
+    from synthetic import synthetic_image
+
+    rng = np.random.default_rng(3)
+    grey = synthetic_image("viral", rng, 200)
+    colour = np.stack([grey, np.roll(grey, 7, axis=1), 255 - grey], axis=2)
+    files = {"grey.jpg": Image.fromarray(grey), "grey_rgb.png": Image.fromarray(grey).convert("RGB"),
+             "photo.jpg": Image.fromarray(colour)}
+    for name, img in files.items():
+        img.save(tmp_path / name)
+        got = load_image(tmp_path / name, 48, equalize=equalize)
+        np.testing.assert_array_equal(got, _rgb_throughout(tmp_path / name, 48, equalize))
+    assert not np.array_equal(got[..., 0], got[..., 2])  # the photo is still in colour

@@ -15,13 +15,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from edgecxr.preprocess import load_image
+from edgecxr import dicom
+from edgecxr.preprocess import NOT_XRAY_COLOUR, NOT_XRAY_FLAT, load_image, xray_warning  # noqa: F401
 
 DISPLAY_SIDE = 768  # px; enough for a 1280x800 screen, small enough to keep 10 results in memory
 HISTORY_LENGTH = 10
 
-NOT_XRAY_COLOUR = "This does not look like a chest X-ray (it is in colour): the result means nothing for it."
-NOT_XRAY_FLAT = "This image is almost uniform; it does not look like a chest X-ray."
+# xray_warning and its messages live in edgecxr.preprocess: `edgecxr predict` warns with the same check.
 
 
 @dataclass
@@ -99,32 +99,18 @@ def display_image(path: str | Path, max_side: int = DISPLAY_SIDE) -> np.ndarray:
     return np.asarray(Image.fromarray(square).resize(shape, Image.Resampling.BILINEAR))
 
 
-def xray_warning(rgb: np.ndarray) -> str:
-    """A cheap guard against photos and screenshots: X-rays are grey and not flat.
-
-    More than 10% clearly coloured pixels (channel spread > 40 of 255) means a photo or a chart;
-    a standard deviation under 4 grey levels means a blank or nearly blank image. The image is
-    still classified; the warning is shown next to the result.
-    """
-    arr = np.asarray(rgb, dtype=np.int16)
-    spread = arr.max(axis=-1) - arr.min(axis=-1)
-    if float((spread > 40).mean()) > 0.10:
-        return NOT_XRAY_COLOUR
-    if float(arr.std()) < 4.0:
-        return NOT_XRAY_FLAT
-    return ""
-
-
 def friendly_error(path: str | Path, exc: Exception) -> str:
     """One sentence for the status line; the details stay in the log."""
     name = Path(path).name or str(path)
     if "not found" in str(exc):
         return f"Could not open {name}: the file is gone. Choose another chest X-ray."
-    return f"Could not open {name}: it is not a readable image. Choose a PNG or JPEG chest X-ray."
+    return f"Could not open {name}: it is not a readable image. Choose a PNG, JPEG or DICOM chest X-ray."
 
 
 def _upright_size(path: str | Path) -> tuple[int, int]:
     """Width and height after EXIF rotation, read from the header only."""
+    if dicom.is_dicom(path):
+        return dicom.image_size(path) or (DISPLAY_SIDE, DISPLAY_SIDE)
     try:
         with Image.open(path) as img:
             width, height = img.size

@@ -2,7 +2,13 @@
 
 One function, ``load_image``, turns a file into the uint8 RGB array the model sees. Training caches
 its output and the runtime calls it per image, so the deployed model is fed exactly what it was
-trained on. Only numpy and Pillow are imported here.
+trained on. Only numpy and Pillow are imported here (and pydicom, from ``edgecxr.dicom``, when a
+DICOM file is read).
+
+It is also the loader's cost that a deployment pays per film on top of the model's ``invoke()``,
+so greyscale films stay one channel until the last step (resize and equalize one band, then
+repeat it) and JPEGs are decoded at the smallest libjpeg scale still >= the input size
+(``benchmarks/LOADER_SPEED.md`` measures it against the model).
 """
 
 from __future__ import annotations
@@ -15,11 +21,13 @@ from typing import BinaryIO, Union
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from . import dicom
 from .errors import ImageError
 
 Source = Union[str, Path, bytes, BinaryIO, Image.Image]
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".gif", ".webp", ".pgm", ".ppm")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".gif", ".webp", ".pgm", ".ppm",
+                  *dicom.DICOM_SUFFIXES)
 
 # What Pillow raises for damaged files; DecompressionBombError (a huge pixel count) is not an OSError.
 _DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, struct.error, Image.DecompressionBombError)
@@ -28,16 +36,21 @@ _DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, struct.error, Imag
 def _open(source: Source) -> Image.Image:
     if isinstance(source, Image.Image):
         return source
-    if isinstance(source, (bytes, bytearray)):
-        source = io.BytesIO(source)
+    if isinstance(source, (str, Path)) and Path(source).suffix.lower() in dicom.DICOM_SUFFIXES:
+        return dicom.read_dicom(source, _name(source))
+    stream = io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source
     try:
-        img = Image.open(source)
+        img = Image.open(stream)
         return img
     except FileNotFoundError:
         raise ImageError(f"{source}: file not found") from None
     except Image.DecompressionBombError as exc:  # Pillow's limit against memory exhaustion
         raise ImageError(f"{_name(source)}: image too large to decode safely ({exc})") from None
     except (UnidentifiedImageError, *_DECODE_ERRORS) as exc:
+        # Pillow has no DICOM plugin: a suffix-less PACS export is recognised by its DICM magic
+        # here, after Pillow, so PNG and JPEG films do not pay for a second open.
+        if dicom.is_dicom(source):
+            return dicom.read_dicom(source, _name(source))
         raise ImageError(f"{_name(source)}: not a readable image ({exc.__class__.__name__})") from None
 
 
@@ -45,8 +58,8 @@ def _name(source) -> str:
     return str(source) if isinstance(source, (str, Path)) else "<image>"
 
 
-def _to_rgb(img: Image.Image) -> Image.Image:
-    """Bring any mode real collections contain to 8-bit RGB.
+def _to_grey_or_rgb(img: Image.Image) -> Image.Image:
+    """Bring any mode real collections contain to 8-bit ``L`` (grey) or ``RGB``.
 
     16-bit and float grayscale (DICOM exports, some PNGs) are stretched over their own min..max
     because their bit depth is rarely the full 16 bits; alpha is composited onto black, which is
@@ -64,15 +77,16 @@ def _to_rgb(img: Image.Image) -> Image.Image:
         rgba = img.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
         img = Image.alpha_composite(background, rgba)
-    return img.convert("RGB")
+    return img if img.mode in ("L", "RGB") else img.convert("RGB")
 
 
 def load_image(source: Source, size: int, equalize: bool = False) -> np.ndarray:
     """Decode, orient and squash-resize an image to a ``(size, size, 3)`` uint8 RGB array.
 
     Raises ImageError (one line, naming the file) for missing, truncated or non-image files.
-    Large JPEGs are decoded with Pillow's draft mode, which lets libjpeg scale by 1/2..1/8 while
-    decoding, so a 3000 px film does not dominate the time of a 1 ms inference.
+    DICOM files (``.dcm``, or any file with the DICM magic) are read by ``edgecxr.dicom`` as a
+    viewer shows them. Large JPEGs are decoded with Pillow's draft mode, which lets libjpeg scale
+    by 1/2..1/8 while decoding, so a 3000 px film does not dominate the time of a 1 ms inference.
 
     ``equalize`` spreads the histogram after resizing. Collections differ in exposure and
     contrast (one pediatric hospital versus many adult ones), and a model can learn the source
@@ -80,15 +94,15 @@ def load_image(source: Source, size: int, equalize: bool = False) -> np.ndarray:
     """
     opened = img = _open(source)
     try:
-        if img.format == "JPEG" and min(img.size) >= 2 * size:
-            img.draft("RGB" if img.mode == "RGB" else img.mode, (size, size))
+        if img.format == "JPEG":
+            # libjpeg scales by 1/2..1/8 while decoding; draft picks the smallest scale whose
+            # result is still >= size on both sides (none when the file is already small).
+            img.draft(img.mode, (size, size))
         img = ImageOps.exif_transpose(img)
-        img = _to_rgb(img)
+        img = _to_grey_or_rgb(img)
         if img.size != (size, size):
             img = img.resize((size, size), Image.Resampling.BILINEAR)
-        if equalize:
-            img = ImageOps.equalize(img)
-        arr = np.asarray(img, dtype=np.uint8)
+        arr = _equalized_rgb(img, equalize)
     except ImageError:
         raise
     except _DECODE_ERRORS as exc:
@@ -99,6 +113,51 @@ def load_image(source: Source, size: int, equalize: bool = False) -> np.ndarray:
     if arr.shape != (size, size, 3):
         raise ImageError(f"{_name(source)}: decoded to unexpected shape {arr.shape}")
     return arr
+
+
+def _equalized_rgb(img: Image.Image, equalize: bool) -> np.ndarray:
+    """The (S, S, 3) uint8 array; a grey image is equalized as one band and then repeated.
+
+    An RGB file whose three channels are identical (most grey films saved as RGB) is reduced to
+    one band first; per-channel equalization of identical channels gives identical channels, so
+    the result is the same as equalizing all three, at a third of the work.
+    """
+    if img.mode == "RGB":
+        rgb = np.asarray(img, dtype=np.uint8)
+        red = rgb[..., 0]
+        if not (np.array_equal(red, rgb[..., 1]) and np.array_equal(red, rgb[..., 2])):
+            return np.asarray(ImageOps.equalize(img), dtype=np.uint8) if equalize else rgb
+        img = Image.fromarray(np.ascontiguousarray(red), mode="L")
+    if equalize:
+        img = ImageOps.equalize(img)
+    grey = np.asarray(img, dtype=np.uint8)
+    return np.repeat(grey[:, :, None], 3, axis=2)
+
+
+NOT_XRAY_COLOUR = "This does not look like a chest X-ray (it is in colour): the result means nothing for it."
+NOT_XRAY_FLAT = "This image is almost uniform; it does not look like a chest X-ray."
+
+
+def xray_warning(rgb: np.ndarray) -> str:
+    """A cheap guard against photos, screenshots and blanks: X-rays are grey and not flat.
+
+    Given ``load_image`` output, so the app and ``edgecxr predict`` warn about the same inputs.
+    More than 10% clearly coloured pixels (channel spread > 40 of 255) means a photo or a chart;
+    a standard deviation under 4 grey levels means a blank or nearly blank image. Returns "" for
+    a plausible film. Callers still classify; the model is confident on anything, so the warning
+    is what tells the user the answer means nothing.
+    """
+    arr = np.asarray(rgb, dtype=np.uint8)
+    if arr.ndim == 3 and arr.shape[2] >= 3:
+        # Pairwise uint8 max/min (no int16 copy of the image): 0.1 ms at 160 px instead of 3 ms,
+        # so predict can afford it on every film.
+        r, g, b = arr[..., 0], arr[..., 1], arr[..., 2]
+        spread = np.maximum(np.maximum(r, g), b) - np.minimum(np.minimum(r, g), b)
+        if np.count_nonzero(spread > 40) > 0.10 * spread.size:
+            return NOT_XRAY_COLOUR
+    if float(arr.std(dtype=np.float64)) < 4.0:
+        return NOT_XRAY_FLAT
+    return ""
 
 
 def load_images(paths, size: int, on_error=None, equalize: bool = False) -> tuple[np.ndarray, list[int]]:
