@@ -375,3 +375,29 @@ def test_an_image_over_pillows_pixel_limit_is_called_too_large(tmp_path, monkeyp
     Image.new("L", (80, 80)).save(path)
     with pytest.raises(ImageError, match="huge.png: image too large to decode safely"):
         load_image(path, 32)
+
+
+@pytest.mark.parametrize("io_dtype", ["uint8", "int8"])
+def test_quantizing_by_lookup_table_equals_the_arithmetic_for_every_pixel_value(tiny_tflite, io_dtype):
+    clf = Classifier(getattr(tiny_tflite, io_dtype))
+    every = np.arange(256, dtype=np.uint8).reshape(1, 16, 16, 1).repeat(3, axis=3)
+    np.testing.assert_array_equal(clf.to_input(every), clf._quantize(every))
+    assert clf.to_input(every).dtype == np.dtype(io_dtype)
+
+
+def test_predict_warns_on_a_flat_grey_image_and_still_predicts(tiny_tflite, tmp_path):
+    """The app's check (preprocess.xray_warning): stderr and a JSON field; the film gets none."""
+    from edgecxr.preprocess import NOT_XRAY_FLAT
+
+    flat = tmp_path / "grey.png"
+    Image.fromarray(np.full((48, 48), 128, np.uint8)).save(flat)
+    film = _write_images(tmp_path / "films", tiny_tflite.images[:1], tiny_tflite.labels[:1])[0]
+    args = ["predict", str(flat), str(film), "--model", str(tiny_tflite.uint8)]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.stderr
+    assert len(result.stdout.strip().splitlines()) == 2
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning: ")]
+    assert warnings == [f"warning: {flat}: {NOT_XRAY_FLAT}"]
+    records = [json.loads(line) for line in CliRunner().invoke(main, [*args, "--json"]).stdout.splitlines()]
+    assert [r["warning"] for r in records] == [NOT_XRAY_FLAT, ""]
+    assert Classifier(tiny_tflite.uint8).predict(str(flat)).warning == NOT_XRAY_FLAT

@@ -229,6 +229,8 @@ def predict(images, model_path, as_json, threads):
             report_failure(file, str(exc))
             failed += 1
             continue
+        if prediction.warning:  # same check as the app; still predicted, and in --json as "warning"
+            click.echo(f"warning: {file}: {prediction.warning}", err=True)
         click.echo(json.dumps(prediction.to_dict()) if as_json else prediction.to_text())
     if failed:
         click.echo(f"{failed} of {len(files) + len(problems)} inputs failed", err=True)

@@ -22,7 +22,7 @@ import numpy as np
 from PIL import Image
 
 from .errors import ImageError, MissingExtraError, ModelFileError
-from .preprocess import load_image
+from .preprocess import load_image, xray_warning
 from .spec import ModelSpec, read_spec
 
 DEFAULT_MODEL_NAME = "edgecxr_int8.tflite"
@@ -44,6 +44,9 @@ class Prediction:
     file: str | None = None
     preprocess_ms: float = 0.0
     inference_ms: float = 0.0
+    # preprocess.xray_warning of what the model saw: "" for a plausible film, else why the answer
+    # means nothing (a photo, a blank). The label is still given.
+    warning: str = ""
 
     @property
     def confidence(self) -> float:
@@ -181,6 +184,7 @@ class Classifier:
         self.output_dtype = np.dtype(self.output_details["dtype"]).name
         self.xnnpack = _delegate_applied(self.interpreter)
         self._batch = int(self.input_details["shape"][0])
+        self._input_table: np.ndarray | None = None  # to_input's uint8 -> input dtype lookup
 
     # -- public API ---------------------------------------------------------------------------
 
@@ -216,7 +220,8 @@ class Classifier:
         t1 = time.perf_counter()
         probs = self.predict_arrays(arr[None])[0]
         t2 = time.perf_counter()
-        return self._prediction(probs, image, (t2 - t0) * 1e3, (t1 - t0) * 1e3, (t2 - t1) * 1e3)
+        return self._prediction(probs, image, (t2 - t0) * 1e3, (t1 - t0) * 1e3, (t2 - t1) * 1e3,
+                                xray_warning(arr))
 
     def predict_batch(self, images, on_error=None) -> list[Prediction]:
         """Classify many images, invoking the interpreter on batches of up to MAX_BATCH.
@@ -245,8 +250,8 @@ class Classifier:
             t0 = time.perf_counter()
             probs = self.predict_arrays(np.stack(arrays))
             share = (time.perf_counter() - t0) * 1e3 / len(arrays)
-            for image, p, ms in zip(chunk, probs, load_ms):
-                results.append(self._prediction(p, image, ms + share, ms, share))
+            for image, arr, p, ms in zip(chunk, arrays, probs, load_ms):
+                results.append(self._prediction(p, image, ms + share, ms, share, xray_warning(arr)))
         return results
 
     def predict_arrays(self, arrays: np.ndarray) -> np.ndarray:
@@ -265,6 +270,15 @@ class Classifier:
 
     def to_input(self, arrays: np.ndarray) -> np.ndarray:
         """Map uint8 pixels to the input tensor: the spec's value range, then quantize if needed."""
+        if arrays.dtype == np.uint8 and np.dtype(self.input_details["dtype"]) != np.float32:
+            # A uint8 pixel has 256 values: quantize them once and index (0.03 ms instead of 0.4 ms
+            # of float arithmetic per 160 px image, more than the int8 model's own invoke()).
+            if self._input_table is None:
+                self._input_table = self._quantize(np.arange(256, dtype=np.uint8))
+            return self._input_table[arrays]
+        return self._quantize(arrays)
+
+    def _quantize(self, arrays: np.ndarray) -> np.ndarray:
         lo, hi = self.spec.input_range
         x = arrays.astype(np.float32)
         if (lo, hi) != (0.0, 255.0):
@@ -357,7 +371,7 @@ class Classifier:
         self._batch = n
         return True
 
-    def _prediction(self, probs, image, total_ms, load_ms, infer_ms) -> Prediction:
+    def _prediction(self, probs, image, total_ms, load_ms, infer_ms, warning: str = "") -> Prediction:
         index = int(np.argmax(probs))
         return Prediction(
             label=self.class_names[index],
@@ -367,6 +381,7 @@ class Classifier:
             file=str(image) if isinstance(image, (str, Path)) else None,
             preprocess_ms=load_ms,
             inference_ms=infer_ms,
+            warning=warning,
         )
 
 
