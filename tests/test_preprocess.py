@@ -183,3 +183,44 @@ def test_one_band_fast_path_gives_what_rgb_throughout_gave(tmp_path, equalize):
         got = load_image(tmp_path / name, 48, equalize=equalize)
         np.testing.assert_array_equal(got, _rgb_throughout(tmp_path / name, 48, equalize))
     assert not np.array_equal(got[..., 0], got[..., 2])  # the photo is still in colour
+
+
+def test_numpy_equalize_table_matches_pillow():
+    """equalize_lut reproduces ImageOps.equalize exactly: smooth, sparse, two-level and flat bands."""
+    from PIL import ImageOps
+
+    from edgecxr.preprocess import equalize_lut
+
+    rng = np.random.default_rng(0)
+    bands = [rng.normal(100, 30, (40, 50)).clip(0, 255).astype(np.uint8),
+             rng.choice([3, 90, 91, 250], (33, 17)).astype(np.uint8),
+             np.where(rng.random((20, 20)) < 0.9, 10, 200).astype(np.uint8),
+             np.full((8, 8), 77, np.uint8),
+             rng.integers(0, 256, (160, 160), dtype=np.uint8)]
+    for band in bands:
+        expected = np.asarray(ImageOps.equalize(Image.fromarray(band)))
+        hist = np.bincount(band.ravel(), minlength=256)
+        np.testing.assert_array_equal(equalize_lut(hist)[band], expected)
+
+
+def test_exif_rotated_jpeg_is_still_turned_upright(tmp_path):
+    arr = np.zeros((40, 20), np.uint8)
+    arr[:10] = 255  # bright top
+    img = Image.fromarray(arr)
+    exif = img.getexif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    img.save(tmp_path / "r.jpg", exif=exif)
+    out = load_image(tmp_path / "r.jpg", 20)[..., 0].astype(int)
+    assert out[:, -5:].mean() > 200 and out[:, :5].mean() < 50  # the bright side is now on the right
+
+
+def test_xray_warning_flat_threshold_is_a_standard_deviation_of_four_levels():
+    from edgecxr.preprocess import NOT_XRAY_COLOUR, NOT_XRAY_FLAT, xray_warning
+
+    rng = np.random.default_rng(1)
+    for sigma, expected in ((3.5, NOT_XRAY_FLAT), (4.6, "")):
+        grey = np.round(rng.normal(120, sigma, (64, 64))).astype(np.uint8)
+        assert (float(grey.std()) < 4.0) == (expected == NOT_XRAY_FLAT)
+        assert xray_warning(np.repeat(grey[:, :, None], 3, axis=2)) == expected
+    photo = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    assert xray_warning(photo) == NOT_XRAY_COLOUR
