@@ -32,7 +32,8 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from . import CLASS_NAMES, PARTIAL_LABELS
-from .errors import DataError, LeakageError
+from . import dicom
+from .errors import DataError, ImageError, LeakageError
 from .preprocess import IMAGE_SUFFIXES, load_images
 
 log = logging.getLogger(__name__)
@@ -740,6 +741,12 @@ def _inspect(file: str) -> _ImageFacts:
     digest = hashlib.sha1(data).hexdigest()
     if not data:
         return _ImageFacts(digest, None, None, "empty file")
+    if Path(file).suffix.lower() in dicom.DICOM_SUFFIXES or dicom.looks_like_dicom(data):
+        try:  # the loader's own DICOM path, so check reports what training will see
+            img = dicom.read_dicom(data, name="DICOM")
+        except ImageError as exc:
+            return _ImageFacts(digest, None, None, str(exc).removeprefix("DICOM: "))
+        return _ImageFacts(digest, img.size, img.mode, None)
     try:
         with Image.open(io.BytesIO(data)) as img:
             size, mode = img.size, img.mode
