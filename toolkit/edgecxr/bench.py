@@ -40,9 +40,10 @@ from .errors import DataError, EdgeCXRError, ImageError, MissingExtraError, Mode
 from .tables import md_table, text_table
 
 SCHEMA = "edgecxr.bench/1"
-# End-to-end input without --data: grayscale JPEGs about the size of a downscaled chest film.
+# End-to-end input without --data: grayscale JPEGs that compress like the collection's 512 px films
+# (22-81 KB, median 32 KB at 512x512); white noise (823 KB at 1024 px) was a decoder's worst case.
 SYNTHETIC_FILES = 8
-SYNTHETIC_SIZE = 1024
+SYNTHETIC_SIZE = 512
 MEMORY_NOTE = (
     "peak RSS = the process's peak resident memory (Linux VmHWM; ru_maxrss elsewhere), which "
     "includes Python and every model benchmarked before; rss_delta_mb (JSON/CSV) = growth of "
@@ -619,17 +620,25 @@ def _end_to_end_sources(records, wanted: int) -> tuple[list, str]:
 
 
 def _synthetic_jpegs() -> list[bytes]:
-    """Chest-film-like JPEG bytes: a bright oval, a blob, noise. Decoding them is real work."""
+    """Chest-film-like JPEG bytes: a bright oval, a blob, rib-like bands, smooth texture and fine grain.
+
+    A film is mostly smooth, so its JPEG is small; the texture is upsampled from 32x32 noise and
+    the grain is 2 grey levels, which lands at the real films' size (tests/test_bench.py checks).
+    """
     from PIL import Image
 
     rng = np.random.default_rng(0)
-    yy, xx = np.mgrid[0:SYNTHETIC_SIZE, 0:SYNTHETIC_SIZE] / SYNTHETIC_SIZE
+    n = SYNTHETIC_SIZE
+    yy, xx = np.mgrid[0:n, 0:n] / n
     body = 60 + 100 * np.exp(-(((xx - 0.5) / 0.35) ** 2 + ((yy - 0.5) / 0.45) ** 2))
+    ribs = 12 * np.sin(yy * n / 14.0 + 3 * np.sin(xx * 4)) * np.exp(-(((xx - 0.5) / 0.3) ** 2))
     out = []
     for _ in range(SYNTHETIC_FILES):
         cx, cy = rng.uniform(0.25, 0.75, size=2)
-        img = body + 80 * np.exp(-(((xx - cx) / 0.1) ** 2 + ((yy - cy) / 0.1) ** 2))
-        img = (img + rng.normal(0, 10, img.shape)).clip(0, 255).astype(np.uint8)
+        coarse = Image.fromarray(rng.normal(0, 1, (32, 32)).astype(np.float32), mode="F")
+        texture = np.asarray(coarse.resize((n, n), Image.Resampling.BICUBIC))
+        img = body + ribs + 12 * texture + 80 * np.exp(-(((xx - cx) / 0.1) ** 2 + ((yy - cy) / 0.1) ** 2))
+        img = (img + rng.normal(0, 2, img.shape)).clip(0, 255).astype(np.uint8)
         buf = io.BytesIO()
         Image.fromarray(img, mode="L").save(buf, format="JPEG", quality=90)
         out.append(buf.getvalue())
