@@ -262,3 +262,53 @@ def test_data_check_and_class_folders_read_dicom(tmp_path):
     text = json.dumps(report.__dict__, default=str)
     assert "multi-frame DICOM (2 frames)" in text and "not an image" not in text
     assert PATIENT_ID not in text and "Doe" not in text
+
+
+def test_predict_dicom_without_tensorflow(tmp_path):
+    """`edgecxr predict x.dcm` on a runtime-only install: TensorFlow and Keras cannot be imported."""
+    import os
+    import subprocess
+    import sys
+    import textwrap
+
+    path = write_dicom(tmp_path / "x.dcm", film(96).astype(np.uint16) * 16)
+    script = textwrap.dedent(
+        """
+        import sys
+
+        class BlockTensorFlow:
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] in ("tensorflow", "tf_keras", "keras"):
+                    raise ImportError(f"blocked import of {name}")
+                return None
+
+        sys.meta_path.insert(0, BlockTensorFlow())
+        from edgecxr.cli import main
+        main(["predict", "--json", "--model", sys.argv[1], sys.argv[2]])
+        """
+    )
+    env = {k: v for k, v in os.environ.items() if k != "EDGECXR_MODEL"}
+    done = subprocess.run([sys.executable, "-c", script, str(SHIPPED_MODEL), path],
+                          capture_output=True, text=True, timeout=120, env=env)
+    assert done.returncode == 0, done.stderr
+    record = json.loads(done.stdout.strip().splitlines()[-1])
+    assert record["file"] == path and record["label"] in record["probabilities"]
+    assert PATIENT_ID not in done.stdout + done.stderr
+
+
+def test_app_analysis_reads_dicom_at_its_aspect_ratio(tmp_path):
+    """The app's Kivy-free analysis: a 64x32 DICOM displays 2:1 and is classified like predict does."""
+    import sys
+    from pathlib import Path
+
+    from edgecxr.runtime import Classifier
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "mobile_app"))
+    from edgecxr_app import analysis
+
+    wide = np.tile(film(64)[:32], (1, 1)).astype(np.uint16) * 16
+    path = write_dicom(tmp_path / "wide.dcm", wide)
+    clf = Classifier(SHIPPED_MODEL)
+    result = analysis.analyse(clf, path)
+    assert result.display.shape[:2] == (32, 64)
+    assert result.prediction.label == clf.predict(path).label and result.warning == ""
