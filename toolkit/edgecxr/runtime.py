@@ -271,10 +271,9 @@ class Classifier:
     def to_input(self, arrays: np.ndarray) -> np.ndarray:
         """Map uint8 pixels to the input tensor: the spec's value range, then quantize if needed."""
         if arrays.dtype == np.uint8 and np.dtype(self.input_details["dtype"]) != np.float32:
-            # A uint8 pixel has 256 values: quantize them once and index (0.03 ms instead of 0.4 ms
-            # of float arithmetic per 160 px image, more than the int8 model's own invoke()).
-            # The shipped model takes uint8 with scale 1, zero point 0: the table is the identity
-            # and the pixels go in as they are.
+            # A uint8 pixel has 256 values: quantize them once and index, instead of float math on
+            # every pixel. The shipped model takes uint8 with scale 1, zero point 0: the table is
+            # the identity and the pixels go in as they are (benchmarks/LOADER_SPEED.md, "model call").
             if self._input_table is None:
                 every = np.arange(256, dtype=np.uint8)
                 table = self._quantize(every)
