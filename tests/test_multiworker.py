@@ -56,8 +56,11 @@ def test_bad_worker_options_are_one_line_errors(workers, index, env, message):
 
 def test_a_chief_task_comes_first_and_bad_tf_config_is_explained():
     cluster = {"chief": ["c:1"], "worker": ["w:1", "w:2"]}
-    chief = distributed.role_from_env({"TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "chief", "index": 0}})})
-    second = distributed.role_from_env({"TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": 1}})})
+    def role(task_type, index):
+        return distributed.role_from_env({"TF_CONFIG": json.dumps({"cluster": cluster,
+                                                                   "task": {"type": task_type, "index": index}})})
+
+    chief, second = role("chief", 0), role("worker", 1)
     assert chief.is_chief and chief.num_workers == 3
     assert not second.is_chief and second.position == 2 and second.address == "w:2"
     for bad in ("not json", json.dumps({"task": {}}),
@@ -189,8 +192,10 @@ def test_two_workers_train_one_run_and_resume_after_a_worker_dies(tmp_path):
         cluster.procs[1].kill()
         assert cluster.wait(cluster.procs[0], min(deadline, time.monotonic() + 90)) == 1
         chief_log = cluster.text(0)
-        assert "error: worker 0: lost contact with the cluster (worker 1 stopped answering)" in chief_log
-        assert "--resume" in chief_log and "Traceback" not in chief_log
+        # how the loss shows depends on where the chief was (a heartbeat timeout names the worker)
+        error = [line for line in chief_log.splitlines() if line.startswith("error: ")]
+        assert len(error) == 1 and error[0].startswith("error: worker 0: lost contact with the cluster ("), chief_log
+        assert error[0].endswith("plus --resume") and "Traceback" not in chief_log, chief_log
         assert f"worker 0 of 2 workers at 127.0.0.1:{ports[0]} (the chief" in chief_log
         assert f"worker 1 of 2 workers at 127.0.0.1:{ports[1]} (chief: 127.0.0.1:{ports[0]}" in cluster.text(1)
         assert not elsewhere.exists()
@@ -226,9 +231,7 @@ def test_two_workers_train_one_run_and_resume_after_a_worker_dies(tmp_path):
     assert not list((tmp_path / "tmp-resumed").glob("edgecxr-worker*"))
 
     # The chief's last checkpoint holds the weights both workers reported.
-    import tf_keras  # noqa: F401 - the worker script's backbone needs it
-    sys.path.insert(0, str(WORKER.parent))
-    from multiworker_worker import tiny_backbone
+    from multiworker_worker import tiny_backbone  # tests/ is on sys.path (conftest.py)
 
     from edgecxr import model as model_mod
 
