@@ -552,6 +552,9 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False, force: bo
     run_dir = Path(out_dir)
     role = distributed.role_from_env() if cfg.strategy == "multiworker" else None
     chief = role is None or role.is_chief
+    if cfg.strategy != "multiworker" and os.environ.get("TF_CONFIG"):
+        log(f"note: TF_CONFIG is set, but the strategy is {cfg.strategy}: training alone "
+            "(--strategy multiworker trains with the cluster it names)")
     if resume:
         if not (run_dir / "config.json").is_file():
             raise EdgeCXRError(f"--resume: {run_dir} has no config.json to resume from" + ("" if chief else (
