@@ -79,7 +79,11 @@ def data_check(path, as_json):
 @click.option("--lr", "learning_rate", type=float)
 @click.option("--extra-data", multiple=True, help="More data merged into the split (e.g. cxr_adult_pneumonia).")
 @click.option("--splits", "splits_file", type=click.Path(exists=True, dir_okay=False), help="Use this splits.csv.")
-@click.option("--strategy", type=click.Choice(["default", "mirrored", "multiworker"]))
+@click.option("--strategy", type=click.Choice(["default", "mirrored", "multiworker"]),
+              help="mirrored: several GPUs of one machine; multiworker: several machines (TF_CONFIG or --workers).")
+@click.option("--workers", metavar="HOST:PORT,...",
+              help="Every worker's address, the chief first; the same list on each worker (sets TF_CONFIG).")
+@click.option("--worker-index", type=click.IntRange(min=0), help="This worker's place in --workers (0 = the chief).")
 @click.option("--teacher", "teachers", multiple=True, type=click.Path(exists=True, dir_okay=False),
               help="Distil from this predictions.csv (edgecxr evaluate RUN --split train); repeat to average.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Any other config setting.")
@@ -87,14 +91,21 @@ def data_check(path, as_json):
 @click.option("--force", is_flag=True, help="Start over in a non-empty --out.")
 @friendly_errors
 def train(data, out, config_file, weights, epochs, image_size, batch_size, seed, architecture, minimalistic,
-          fine_tune, learning_rate, extra_data, splits_file, strategy, teachers, overrides, resume, force):
+          fine_tune, learning_rate, extra_data, splits_file, strategy, workers, worker_index, teachers, overrides,
+          resume, force):
     """Train a MobileNetV3 classifier on DATA (class folders or a manifest CSV)."""
     import json
     from pathlib import Path
 
+    from . import distributed
     from .config import TrainConfig
     from .errors import EdgeCXRError
 
+    distributed.configure(workers, worker_index)
+    if workers is not None:
+        if strategy not in (None, "multiworker"):
+            raise EdgeCXRError(f"--workers trains with --strategy multiworker, not {strategy}")
+        strategy = "multiworker"
     if config_file:
         cfg = TrainConfig.load(config_file)
     elif resume and (Path(out) / "config.json").is_file():

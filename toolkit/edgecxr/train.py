@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from . import data as data_mod
+from . import distributed
 from . import metrics as metrics_mod
 from .config import TrainConfig
 from .errors import DataError, EdgeCXRError, require
@@ -47,8 +48,12 @@ def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def prepare_splits(cfg: TrainConfig, run_dir: Path):
-    """Load the records, make (or read) a patient-level split, refuse leakage, save splits.csv."""
+def prepare_splits(cfg: TrainConfig, run_dir: Path, out: Path | None = None):
+    """Load the records, make (or read) a patient-level split, refuse leakage, save splits.csv.
+
+    ``out`` is where splits.csv is written (the run directory unless this is a non-chief worker);
+    a split is read from the run directory, so every worker of a resumed run uses the chief's.
+    """
     records = data_mod.load_records(cfg.data, cfg.extra_data, partial_labels=cfg.partial_labels)
     if cfg.splits_file:
         splits = data_mod.load_splits(cfg.splits_file, records)
@@ -58,7 +63,7 @@ def prepare_splits(cfg: TrainConfig, run_dir: Path):
         split_seed = cfg.seed if cfg.split_seed < 0 else cfg.split_seed
         splits = data_mod.split_by_patient(records, cfg.val_fraction, cfg.test_fraction, split_seed)
     data_mod.check_leakage(records, splits)
-    data_mod.save_splits(run_dir / "splits.csv", records, splits)
+    data_mod.save_splits((out or run_dir) / "splits.csv", records, splits)
     return records, splits
 
 
@@ -282,9 +287,13 @@ def affine_transforms(tf, cfg: TrainConfig, draw, batch, rotation: float, height
 
 
 def make_dataset(train: SplitArrays, cfg: TrainConfig, first_epoch: int, tf, keras, global_batch: int,
-                 end_epoch: int | None = None):
+                 end_epoch: int | None = None, shard: tuple[int, int] = (0, 1), batch: int | None = None):
     """A tf.data pipeline over epochs ``first_epoch`` to ``end_epoch`` (default: the last), with a
-    fixed number of steps per epoch."""
+    fixed number of steps per epoch.
+
+    ``shard=(p, n)`` keeps input pipeline p's slice of every global batch (one pipeline per worker,
+    see distributed.shard_order), in batches of ``batch`` (the per-replica batch).
+    """
     orders, weights = [], None
     for epoch in range(first_epoch, cfg.epochs if end_epoch is None else end_epoch):
         order, weights = epoch_indices(train, cfg, epoch)
@@ -293,12 +302,19 @@ def make_dataset(train: SplitArrays, cfg: TrainConfig, first_epoch: int, tf, ker
     # pad each epoch to whole batches so every epoch is exactly `steps` batches
     orders = [np.resize(o, steps * global_batch) for o in orders]
     index = np.concatenate(orders)
+    pipeline, pipelines = shard
+    batch = batch or global_batch
+    if pipelines > 1:
+        index = distributed.shard_order(index, global_batch, pipeline, pipelines)
+    local = global_batch // pipelines // batch  # this pipeline's batches per step
     images = tf.constant(train.images)
     targets = tf.constant(train.targets)
     sample_weights = tf.constant(weights)
     augment = augmenter(cfg, tf) if cfg.augment else None
 
-    def gather(step, idx):
+    def gather(number, idx):
+        # one augmentation key per (step, replica): a single pipeline's keys are its batch numbers
+        step = (number // local) * (pipelines * local) + pipeline * local + number % local
         x = tf.gather(images, idx)
         if augment is not None:
             x = augment(x, step)
@@ -306,11 +322,37 @@ def make_dataset(train: SplitArrays, cfg: TrainConfig, first_epoch: int, tf, ker
             x = tf.cast(x, tf.float32)
         return x, tf.gather(targets, idx), tf.gather(sample_weights, idx)
 
-    ds = tf.data.Dataset.from_tensor_slices(index).batch(global_batch, drop_remainder=True)
+    ds = tf.data.Dataset.from_tensor_slices(index).batch(batch, drop_remainder=True)
     # batches are numbered from the start of the run, so a resumed run draws the same augmentations
-    ds = ds.enumerate(start=first_epoch * steps)
+    ds = ds.enumerate(start=first_epoch * steps * local)
     ds = ds.map(gather, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
     return ds, steps
+
+
+def training_input(train: SplitArrays, cfg: TrainConfig, first_epoch: int, tf, keras, global_batch: int, strategy,
+                   end_epoch: int | None = None):
+    """The training dataset and steps per epoch; with several workers, each reads only its shard.
+
+    Multi-worker input is built per worker with ``distribute_datasets_from_function`` (no tf.data
+    auto-sharding: FILE cannot apply to images held in memory, and DATA would make every worker
+    decode and augment the whole global batch, then drop all but its share).
+    """
+    if cfg.strategy != "multiworker":
+        return make_dataset(train, cfg, first_epoch, tf, keras, global_batch, end_epoch=end_epoch)
+    steps = []
+
+    def per_worker(context):
+        batch = context.get_per_replica_batch_size(global_batch)
+        ds, n = make_dataset(train, cfg, first_epoch, tf, keras, global_batch, end_epoch=end_epoch,
+                             shard=(context.input_pipeline_id, context.num_input_pipelines), batch=batch)
+        steps.append(n)
+        log(f"input pipeline {context.input_pipeline_id} of {context.num_input_pipelines}: "
+            f"{global_batch // context.num_input_pipelines} of every {global_batch} images per step, "
+            f"in batches of {batch}")
+        return ds
+
+    dataset = strategy.distribute_datasets_from_function(per_worker)
+    return dataset, steps[0]
 
 
 def strategy_for(cfg: TrainConfig, tf):
@@ -508,11 +550,18 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False, force: bo
     file, unusable data) leaves no half-made run behind, so the same command can simply be rerun.
     """
     run_dir = Path(out_dir)
+    role = distributed.role_from_env() if cfg.strategy == "multiworker" else None
+    chief = role is None or role.is_chief
+    if cfg.strategy != "multiworker" and os.environ.get("TF_CONFIG"):
+        log(f"note: TF_CONFIG is set, but the strategy is {cfg.strategy}: training alone "
+            "(--strategy multiworker trains with the cluster it names)")
     if resume:
         if not (run_dir / "config.json").is_file():
-            raise EdgeCXRError(f"--resume: {run_dir} has no config.json to resume from")
+            raise EdgeCXRError(f"--resume: {run_dir} has no config.json to resume from" + ("" if chief else (
+                f"; worker {role.position} resumes from the chief's run directory, so it must be readable "
+                "here at the same path (shared storage, or a copy of the chief's)")))
         cfg = TrainConfig.load(run_dir / "config.json") if not cfg.data else cfg
-    elif run_dir.exists() and any(run_dir.iterdir()) and not force:
+    elif chief and run_dir.exists() and any(run_dir.iterdir()) and not force:
         raise EdgeCXRError(f"{run_dir} already holds a run; use --resume to continue it or --force to start over")
     cfg.validate()
     if not cfg.data:
@@ -520,15 +569,18 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False, force: bo
     from .model import weights_file
 
     weights_file(cfg)  # a missing --weights PATH fails here, before anything is loaded or written
-    if resume:
-        return _train(cfg, run_dir, resume=True)
+    if role is not None:
+        distributed.check_port_free(role)
+    if resume or not chief:  # a non-chief worker never touches the run directory
+        with distributed.write_dir(run_dir, role) as out:
+            return _train(cfg, run_dir, resume=resume, role=role, out=out)
     existed = run_dir.exists()
     if existed and force:
         removed = clear_run(run_dir)
         if removed:
             log(f"--force: removed the earlier run's {', '.join(removed)} from {run_dir}")
     try:
-        return _train(cfg, run_dir, resume=False)
+        return _train(cfg, run_dir, resume=False, role=role)
     except BaseException:
         if not (run_dir / "checkpoints" / "best.weights.h5").is_file():
             clear_run(run_dir)
@@ -537,23 +589,35 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False, force: bo
         raise
 
 
-def _train(cfg: TrainConfig, run_dir: Path, resume: bool) -> Path:
+def _train(cfg: TrainConfig, run_dir: Path, resume: bool, role=None, out: Path | None = None) -> Path:
+    """Fit, reading a resumed run from ``run_dir`` and writing to ``out`` (the run directory on the
+    chief; a temporary directory on the other workers of a multi-worker run)."""
     from . import model as model_mod
     from . import report
 
+    out = out or run_dir
+
     state_path = run_dir / "checkpoints" / "state.json"
     first_epoch, best = 0, None
+    if resume and out != run_dir and not state_path.is_file():
+        raise EdgeCXRError(f"--resume: worker {role.position} finds no {state_path}; it resumes from the chief's "
+                           "checkpoints, so the run directory must be readable here at the same path "
+                           "(shared storage, or a copy of the chief's)")
     if resume and state_path.is_file():
         state = json.loads(state_path.read_text())
         first_epoch, best = int(state["epoch"]), state.get("best")
         if first_epoch >= cfg.epochs:
             log(f"{run_dir} already finished {first_epoch} of {cfg.epochs} epochs; raise --epochs to train more")
             return run_dir
-    run_dir.mkdir(parents=True, exist_ok=True)
+        log(f"resuming at epoch {first_epoch + 1} of {cfg.epochs} from {run_dir / 'checkpoints' / 'last.weights.h5'}")
+    out.mkdir(parents=True, exist_ok=True)
     tf, keras = configure_tensorflow(cfg)
+    if cfg.strategy == "multiworker":
+        log(f"this is {role.describe()}; waiting for all {role.num_workers} workers to join" if role else
+            "multiworker strategy without TF_CONFIG: training as the only worker")
 
-    records, splits = prepare_splits(cfg, run_dir)
-    cfg.save(run_dir / "config.json")
+    records, splits = prepare_splits(cfg, run_dir if resume else out, out)  # a new run: each worker splits alike
+    cfg.save(out / "config.json")
     t0 = time.time()
     train_arr = load_split(records, splits, "train", cfg)
     val_arr = load_split(records, splits, "val", cfg)
@@ -567,18 +631,20 @@ def _train(cfg: TrainConfig, run_dir: Path, resume: bool) -> Path:
 
     strategy = strategy_for(cfg, tf)
     global_batch = cfg.batch_size * strategy.num_replicas_in_sync
+    workers = role.num_workers if role else 1
     log(f"training on {strategy.num_replicas_in_sync} replica(s) with {strategy.__class__.__name__}, "
-        f"global batch {global_batch}")
+        f"global batch {global_batch} = batch {cfg.batch_size} x {strategy.num_replicas_in_sync} replica(s)"
+        + (f" on {workers} workers" if role else ""))
     with strategy.scope():
         model = model_mod.build_model(cfg)
         if first_epoch > 0:
             model.load_weights(str(run_dir / "checkpoints" / "last.weights.h5"))
 
-    checkpointer = Checkpointer(keras, run_dir, val_arr, cfg, best)
+    checkpointer = Checkpointer(keras, out, val_arr, cfg, best)
     callbacks = [
         checkpointer.callback(model),
         EpochTimer(keras),
-        HistoryWriter(keras, run_dir / "history.csv", first_epoch),
+        HistoryWriter(keras, out / "history.csv", first_epoch),
     ]
     if cfg.early_stopping:
         callbacks.append(keras.callbacks.EarlyStopping(
@@ -599,10 +665,22 @@ def _train(cfg: TrainConfig, run_dir: Path, resume: bool) -> Path:
         interrupted = True
         log(f"interrupted: the last finished epoch is saved in {run_dir / 'checkpoints'}; "
             f"continue with: edgecxr train --resume --out {run_dir}")
+    except tf.errors.OpError as exc:
+        if role is None:
+            raise
+        raise EdgeCXRError(distributed.lost_worker(role, run_dir, exc)) from None
     fit_seconds = time.time() - fit_start
 
-    if not (run_dir / "checkpoints" / "best.weights.h5").is_file():
+    # a resumed non-chief worker writes best.weights.h5 only when it improves on the chief's best
+    if not (out / "checkpoints" / ("best.weights.h5" if out == run_dir else "last.weights.h5")).is_file():
         raise EdgeCXRError("training stopped before the first epoch finished; nothing was saved")
+    if role is not None and not interrupted:
+        # every worker reads its weights (a collective read of BatchNorm statistics), so they can be compared
+        log(f"{role.task_type} {role.index}: final weights {distributed.weights_fingerprint(model.get_weights())}")
+        if not role.is_chief:
+            distributed.barrier(strategy, tf, role, run_dir)  # stay until the chief has written the run
+            log(f"{role.task_type} {role.index}: done; the chief {role.addresses[0]} wrote {run_dir}")
+            return run_dir
     atomic_write_text(run_dir / "model_spec.json", model_mod.model_spec(cfg).to_json() + "\n")
     report.plot_history(run_dir / "history.csv", run_dir / "plots")
     summary = finish(run_dir, cfg, val_arr, keras, train_images=len(train_arr.images),
@@ -610,6 +688,8 @@ def _train(cfg: TrainConfig, run_dir: Path, resume: bool) -> Path:
                      epochs_run=len(_read_history(run_dir / "history.csv")) - first_epoch)
     if interrupted:
         raise KeyboardInterrupt
+    if role is not None:
+        distributed.barrier(strategy, tf, role, run_dir)
     log(summary)
     return run_dir
 
@@ -622,7 +702,8 @@ def fit_stage(model, stage: Stage, start: int, train_arr: SplitArrays, cfg: Trai
 
     if stage.trainable_top is not None:
         set_backbone_trainable(model, stage.trainable_top)
-    dataset, steps = make_dataset(train_arr, cfg, start, tf, keras, global_batch, end_epoch=stage.end)
+    dataset, steps = training_input(train_arr, cfg, start, tf, keras, global_batch, tf.distribute.get_strategy(),
+                                    end_epoch=stage.end)
     lr = learning_rate(cfg, steps, keras, base=stage.learning_rate, epochs=stage.end - stage.start,
                        warmup_epochs=stage.warmup_epochs)
     optimizer = (keras.optimizers.AdamW(lr, weight_decay=cfg.weight_decay) if cfg.weight_decay
