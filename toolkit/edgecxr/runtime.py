@@ -85,7 +85,6 @@ def default_model_path() -> Path:
 
 def interpreter_backend():
     """Return ``(Interpreter class, backend name, version)``, preferring the TensorFlow-free ones."""
-    import importlib
     from importlib import metadata
 
     try:
