@@ -17,6 +17,7 @@ from . import data as data_mod
 from . import metrics as metrics_mod
 from .errors import DataError, ModelFileError
 from .io import atomic_write_text, refuse_overwrite
+from .progress import predict_in_batches, progress
 
 
 def _log(msg: str) -> None:
@@ -54,7 +55,8 @@ def load_eval_arrays(records, size: int, equalize: bool = False):
         _log(f"skipped unreadable image: {message}")
 
     splits = ["eval"] * len(records)
-    return data_mod.load_split_arrays(records, splits, "eval", size, on_error=skipped, equalize=equalize)
+    return data_mod.load_split_arrays(records, splits, "eval", size, on_error=skipped, equalize=equalize,
+                                      progress="loading images")
 
 
 def score(records, probs, class_names, partial_labels: dict | None = None) -> dict:
@@ -126,7 +128,8 @@ def evaluate(target: str | Path, data: str | None = None, split: str | None = No
     images, kept = load_eval_arrays(records, size, equalize)
     if not kept:
         raise DataError(f"no readable images to evaluate in {data}")
-    probs = predict(images)
+    with progress(None, len(images), f"scoring {target.name}") as bar:
+        probs = predict_in_batches(predict, images, bar)
     metrics = score(kept, probs, class_names, partial_labels)
     metrics["evaluated"] = {"target": str(target), "data": str(data), "split": split, "images": len(kept)}
     report.write_evaluation(metrics, out_dir, title=f"{target.name} on {Path(data).name} ({split})")
