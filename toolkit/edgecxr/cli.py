@@ -144,11 +144,12 @@ def evaluate(target, data, split, splits_file, extra_data, out, threads, as_json
 
     from . import metrics as metrics_mod
     from .evaluate import evaluate as run_evaluation
+    from .evaluate import written_files
 
     metrics, out_dir = run_evaluation(target, data=data, split=split, splits_file=splits_file, out=out,
                                       extra=tuple(extra_data), threads=threads, force=force)
     click.echo(json.dumps(metrics, indent=2) if as_json else metrics_mod.format_metrics(metrics))
-    click.echo(f"wrote {out_dir / 'metrics.json'} and {out_dir / 'report.md'}", err=True)
+    click.echo(f"wrote {out_dir}/: {', '.join(p.name for p in written_files(out_dir))}", err=True)
 
 
 # --- export (edgecxr.export) -------------------------------------------------------------------

@@ -20,6 +20,15 @@ from .io import atomic_write_text, refuse_overwrite
 from .progress import predict_in_batches, progress
 
 
+# What one evaluation writes into its folder (the PNGs need matplotlib).
+EVALUATION_FILES = ("metrics.json", "report.md", "predictions.csv", "confusion_matrix.png", "reliability.png")
+
+
+def written_files(out_dir: Path) -> list[Path]:
+    """The evaluation's files in ``out_dir``, in EVALUATION_FILES order (for "wrote ..." lines)."""
+    return [Path(out_dir) / name for name in EVALUATION_FILES if (Path(out_dir) / name).is_file()]
+
+
 def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
@@ -80,7 +89,8 @@ def evaluate(target: str | Path, data: str | None = None, split: str | None = No
     ``split`` None means the test split when a splits file is known, else every image. Results go
     to ``out``, by default ``RUN/eval-SPLIT`` for a run and ``./eval-MODEL-SPLIT`` for a model file:
     never beside a model file, which may sit in a checkout (the shipped one does) or a read-only
-    folder. An earlier evaluation there is kept unless ``force``.
+    folder (in the repository's own checkout, .gitignore ignores ``eval-*/``). An earlier
+    evaluation there is kept unless ``force``, which replaces all of its files.
     """
     from . import report
 
@@ -119,6 +129,8 @@ def evaluate(target: str | Path, data: str | None = None, split: str | None = No
         _log(f"note: {note}")
     out_dir = Path(out) if out else default_dir / f"{prefix}-{split}"
     refuse_overwrite(out_dir / "metrics.json", force)
+    for stale in written_files(out_dir):  # --force: none of the earlier evaluation's files survive
+        stale.unlink()
     notes: list[str] = []
     records = data_mod.load_records(data, extra, notes=notes, partial_labels=partial_labels)
     for note in notes:
