@@ -88,3 +88,32 @@ def test_predict_prints_no_xnnpack_line(tiny_tflite, tmp_path):
     assert done.returncode == 0, done.stderr
     assert "XNNPACK delegate" not in done.stderr
     assert done.stderr.startswith("model ")
+
+
+def test_warnings_read_as_one_line_without_the_source_location():
+    done = _run("import warnings\n"
+                "from edgecxr.quiet import plain_warnings\n"
+                "from edgecxr import data\n"
+                "plain_warnings()\n"
+                "warnings.warn_explicit('3 images have no patient id', data.DataWarning, data.__file__, 403)\n"
+                "warnings.warn_explicit('old API', UserWarning,\n"
+                "                       '/usr/lib/python3/site-packages/somepkg/mod.py', 7)\n")
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.splitlines() == ["warning: 3 images have no patient id",
+                                        "warning: old API (UserWarning from somepkg)"]
+
+
+def test_the_cli_shows_warnings_as_one_line(tmp_path):
+    # file names without a patient id make `train` warn; the images are junk, so it stops right after
+    pytest.importorskip("tensorflow")
+    for folder in ("NORMAL", "Virus", "COVID-19", "bacteria"):
+        (tmp_path / "data" / folder).mkdir(parents=True)
+        for i in range(3):
+            (tmp_path / "data" / folder / f"x{i}.png").write_bytes(b"junk")
+    done = _run("import sys\nfrom edgecxr.cli import main\n"
+                f"sys.argv = ['edgecxr', 'train', {str(tmp_path / 'data')!r}, '--out', {str(tmp_path / 'run')!r},"
+                " '--weights', 'none']\nmain()\n")
+    assert done.returncode == 1 and "error: the training split has no readable images" in done.stderr
+    warned = [line for line in done.stderr.splitlines() if not line.startswith(("skipped ", "error: "))]
+    assert len(warned) == 1, done.stderr and warned[0].startswith("warning: ") and "no patient id" in warned[0]
+    assert ".py:" not in done.stderr and "warnings.warn" not in done.stderr

@@ -36,6 +36,9 @@ def friendly_errors(func):
 @click.version_option(package_name="edgecxr")
 def main():
     """Chest X-ray classifier: train, quantize, export, benchmark and run it on the edge."""
+    from .quiet import plain_warnings
+
+    plain_warnings()
 
 
 # --- data -------------------------------------------------------------------------------------

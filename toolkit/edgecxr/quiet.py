@@ -146,3 +146,32 @@ def import_tensorflow():
         if not already:
             tf.config.list_physical_devices()  # where cuInit is called and fails without a GPU
     return tf
+
+
+def plain_warnings() -> None:
+    """Show Python warnings as ``warning: MESSAGE`` instead of ``/path/data.py:403: DataWarning:
+    MESSAGE`` followed by the line of source that raised it.
+
+    The source location helps whoever wrote the code, not the user reading the warning. Warnings
+    from other packages keep their category and say where they came from, in the same one line.
+    """
+    import warnings
+
+    package_dir = os.path.dirname(os.path.abspath(__file__))
+
+    def format_warning(message, category, filename, lineno, line=None):
+        text = str(message).strip() or category.__name__
+        if os.path.abspath(filename).startswith(package_dir + os.sep):
+            return f"warning: {text}\n"
+        return f"warning: {text} ({category.__name__} from {_origin(filename)})\n"
+
+    warnings.formatwarning = format_warning
+
+
+def _origin(filename: str) -> str:
+    """The package a file belongs to (``tensorflow`` for .../site-packages/tensorflow/...)."""
+    parts = os.path.normpath(filename).split(os.sep)
+    for marker in ("site-packages", "dist-packages"):
+        if marker in parts and parts.index(marker) + 1 < len(parts):
+            return parts[parts.index(marker) + 1].removesuffix(".py")
+    return os.path.splitext(os.path.basename(filename))[0]
