@@ -98,6 +98,7 @@ def assert_notice_visible(state):
 
 
 @needs_kivy
+@pytest.mark.long
 def test_user_session_at_800x480(tiny_tflite, images, tmp_path):
     """Open by drop, toggle the overlay, survive a broken file, open by file chooser, history, settings."""
     from edgecxr.runtime import Classifier
@@ -161,6 +162,7 @@ def test_user_session_at_800x480(tiny_tflite, images, tmp_path):
 
 
 @needs_kivy
+@pytest.mark.long
 def test_layouts_desktop_tablet_and_pi_with_synchronous_inference(tiny_tflite, images, tmp_path):
     """Start at 1280x800, warn on a colour image, then portrait tablet and the Pi's 800x480."""
     shots = tmp_path / "shots"
@@ -201,6 +203,7 @@ def test_layouts_desktop_tablet_and_pi_with_synchronous_inference(tiny_tflite, i
 
 
 @needs_kivy
+@pytest.mark.long
 def test_a_missing_model_is_reported_and_the_app_keeps_running(images, tmp_path):
     script = {
         "model": str(tmp_path / "no such model.tflite"),
@@ -216,6 +219,7 @@ def test_a_missing_model_is_reported_and_the_app_keeps_running(images, tmp_path)
 
 
 @needs_kivy
+@pytest.mark.long
 def test_app_image_argument_chooser_path_field_large_folder_and_remembered_folder(tiny_tflite, images, tmp_path):
     """`edgecxr app IMAGE` opens with the film analysed; the chooser starts where the last image came
     from (also in the next session), takes a typed path, and lists 2,000 films in a virtual list."""
