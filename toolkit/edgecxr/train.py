@@ -682,6 +682,7 @@ EPOCH_COLUMNS = (
     ("val_accuracy", "val acc", True),
     ("val_macro_sensitivity", "val macro sens", True),
     ("val_covid_sensitivity", "val covid sens", True),
+    ("val_worst_source", "val worst source", True),
 )
 
 
