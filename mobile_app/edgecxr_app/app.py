@@ -225,6 +225,7 @@ class EdgeCXRApp(App):
         from edgecxr.saliency import colormap
 
         self.services = get_services(self.user_data_dir)
+        _quiet_cut_buffer_probe()
         self.drop_supported = self.services.supports_drop
         self.camera_available = self.services.has_camera()
         Window.bind(on_drop_file=self._on_drop_file, on_keyboard=self._on_keyboard)
@@ -525,6 +526,27 @@ def _ensure_config_home() -> None:
     if sys.platform.startswith("linux") and not is_android():
         base = os.environ.get("XDG_CONFIG_HOME") or "~/.config"
         Path(base).expanduser().mkdir(parents=True, exist_ok=True)
+
+
+def _quiet_cut_buffer_probe() -> None:
+    """Load Kivy's clipboard providers without the alarm they raise where xclip and xsel are missing.
+
+    The chooser's path field is a TextInput; the first time one is used, Kivy looks for xclip or
+    xsel (middle-click paste of the X selection) and, on a Linux machine without them, logs a
+    CRITICAL with two tracebacks. Copy and paste still work through SDL2; only middle-click paste
+    is missing, so the probe is run here once, with Kivy's log muted while it runs.
+    """
+    import logging
+    import shutil
+
+    if not sys.platform.startswith("linux") or is_android() or shutil.which("xclip") or shutil.which("xsel"):
+        return
+    level = Logger.level
+    Logger.setLevel(logging.CRITICAL + 1)
+    try:
+        import kivy.core.clipboard  # noqa: F401  (selects the clipboard and cut-buffer providers)
+    finally:
+        Logger.setLevel(level)
 
 
 def _run_job(work, on_done, on_error, post) -> None:
