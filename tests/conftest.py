@@ -14,7 +14,15 @@ def pytest_addoption(parser):
     parser.addoption("--runslow", action="store_true", default=False, help="run slow tests")
 
 
+# Tests that use these fixtures train or export a MobileNetV3: they are what makes the suite take
+# minutes. They are marked `long` (CI runs them; `pytest -m "not long"` is the quick loop).
+LONG_FIXTURES = {"trained_run", "easy_data", "tiny_run", "tiny_run_factory", "exported"}
+
+
 def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if LONG_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.long)
     if config.getoption("--runslow"):
         return
     skip = pytest.mark.skip(reason="slow: pass --runslow to run")

@@ -71,6 +71,7 @@ def run_app(tmp_path, script: dict, timeout: float = 90) -> dict:
     assert result["completed"], f"{result.get('error')}\n{proc.stderr[-3000:]}"
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert result["tensorflow_imported"] is False
+    result["stderr"] = proc.stderr
     return result
 
 
@@ -98,6 +99,7 @@ def assert_notice_visible(state):
 
 
 @needs_kivy
+@pytest.mark.long
 def test_user_session_at_800x480(tiny_tflite, images, tmp_path):
     """Open by drop, toggle the overlay, survive a broken file, open by file chooser, history, settings."""
     from edgecxr.runtime import Classifier
@@ -161,6 +163,7 @@ def test_user_session_at_800x480(tiny_tflite, images, tmp_path):
 
 
 @needs_kivy
+@pytest.mark.long
 def test_layouts_desktop_tablet_and_pi_with_synchronous_inference(tiny_tflite, images, tmp_path):
     """Start at 1280x800, warn on a colour image, then portrait tablet and the Pi's 800x480."""
     shots = tmp_path / "shots"
@@ -201,6 +204,7 @@ def test_layouts_desktop_tablet_and_pi_with_synchronous_inference(tiny_tflite, i
 
 
 @needs_kivy
+@pytest.mark.long
 def test_a_missing_model_is_reported_and_the_app_keeps_running(images, tmp_path):
     script = {
         "model": str(tmp_path / "no such model.tflite"),
@@ -213,6 +217,76 @@ def test_a_missing_model_is_reported_and_the_app_keeps_running(images, tmp_path)
     assert after_open["status_kind"] == "error" and "choose a .tflite model" in after_open["status"]
     assert not after_open["has_result"]
     assert_notice_visible(after_open)
+
+
+@needs_kivy
+@pytest.mark.long
+def test_app_image_argument_chooser_path_field_large_folder_and_remembered_folder(tiny_tflite, images, tmp_path):
+    """`edgecxr app IMAGE` opens with the film analysed; the chooser starts where the last image came
+    from (also in the next session), takes a typed path, and lists 2,000 films in a virtual list."""
+    big = tmp_path / "two thousand films"
+    (big / "a sub folder").mkdir(parents=True)
+    film = images["covid19"].read_bytes()
+    for i in range(2000):
+        (big / f"film{i:04d}.PNG").write_bytes(film)  # upper-case suffix, as scanners write it
+    (big / "notes.txt").write_text("not an image")
+    first = {
+        "model": str(tiny_tflite.uint8), "size": [800, 480], "image": str(images["covid19"]),
+        "steps": [
+            ["wait"], ["state"],
+            ["choose"], ["wait_listing"], ["state"],
+            ["type_path", str(big)], ["wait_listing"], ["state"],
+            ["type_path", str(big / "no such folder")], ["state"],
+            ["type_path", "film0007.PNG"], ["wait"], ["state"],
+        ],
+    }
+    session = run_app(tmp_path, first)
+    opened, chooser, large, typo, typed = session["states"]
+    # typing into the path field does not make Kivy log an alarm about xclip/xsel
+    assert "Cutbuffer" not in session["stderr"] and "CRITICAL" not in session["stderr"]
+    assert opened["has_result"] and opened["image_name"] == images["covid19"].name
+    assert opened["last_dir"] == str(images["covid19"].parent)
+
+    assert chooser["chooser"]["path"] == str(images["covid19"].parent)
+    assert chooser["chooser"]["path_field"] == str(images["covid19"].parent)
+    assert chooser["chooser"]["rows"] == len(images)  # the four files, every one an image suffix
+
+    listed = large["chooser"]
+    assert listed["path"] == str(big) and not listed["listing"]
+    assert listed["rows"] == 2001 and listed["status"] == "1 folders, 2000 files"
+    assert listed["first_rows"] == ["a sub folder/", "film0000.PNG", "film0001.PNG"]
+    assert listed["row_widgets"] < 60  # only the rows on screen are widgets
+
+    assert typo["chooser"]["status_kind"] == "error" and "No such folder or file" in typo["chooser"]["status"]
+    assert typo["chooser"]["path"] == str(big)  # still showing the folder
+
+    # a file name typed relative to the folder shown opens it
+    assert typed["popups"] == 0 and typed["image_name"] == "film0007.PNG" and typed["has_result"]
+
+    # the next session's chooser opens in the folder the last image came from
+    (tmp_path / "result.json").unlink()
+    second = {"model": str(tiny_tflite.uint8), "size": [800, 480],
+              "steps": [["choose"], ["wait_listing"], ["state"]]}
+    (again,) = run_app(tmp_path, second)["states"]
+    assert again["chooser"]["path"] == str(big) and again["last_dir"] == str(big)
+
+
+def test_folder_listing_without_kivy(tmp_path):
+    from edgecxr_app import browse
+
+    (tmp_path / "B folder").mkdir()
+    (tmp_path / "a folder").mkdir()
+    (tmp_path / ".hidden").mkdir()
+    for name in ("b.JPG", "a.png", "c.txt", ".d.png"):
+        (tmp_path / name).write_bytes(b"x")
+    listing = browse.list_folder(tmp_path, [".png", ".jpg"])
+    assert listing.folders == ["a folder", "B folder"] and listing.files == ["a.png", "b.JPG"]
+    assert "cannot open" in browse.list_folder(tmp_path / "gone", [".png"]).error
+    assert browse.resolve("a.png", str(tmp_path)) == ("file", str(tmp_path / "a.png"))
+    assert browse.resolve(str(tmp_path / "a folder"), "/") == ("folder", str(tmp_path / "a folder"))
+    assert browse.resolve("nope", str(tmp_path))[0] == "missing"
+    assert browse.start_folder(str(tmp_path / "a folder")) == str(tmp_path / "a folder")
+    assert browse.start_folder(str(tmp_path / "gone")) in (os.getcwd(), str(Path.home()))
 
 
 # --- the app's logic, without Kivy ----------------------------------------------------------------
@@ -294,6 +368,15 @@ def test_cli_app_rejects_a_bad_model_in_one_line(tmp_path):
     assert out.returncode == 1
     assert out.stderr.startswith("error: ") and out.stderr.count("\n") == 1
     assert "Traceback" not in out.stderr
+
+
+def test_cli_app_with_a_missing_image_fails_in_one_line(tmp_path):
+    out = subprocess.run(
+        [sys.executable, "-m", "edgecxr.cli", "app", str(tmp_path / "no such film.png")],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert out.returncode == 1
+    assert out.stderr == f"error: {tmp_path / 'no such film.png'}: image not found\n"
 
 
 def test_cli_app_without_kivy_says_so_in_one_line(tmp_path):

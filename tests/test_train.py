@@ -63,6 +63,9 @@ def test_training_beats_chance_and_loss_decreases(trained_run):
     metrics = json.loads((trained_run / "metrics.json").read_text())
     assert metrics["accuracy"]["value"] > 0.5  # chance is 0.25 on four balanced classes
     assert metrics["training"]["seconds_per_epoch"] > 0
+    # one time per epoch: the summary's s/epoch is the mean of the per-epoch times
+    per_epoch = np.mean([float(r["epoch_seconds"]) for r in rows])
+    assert metrics["training"]["seconds_per_epoch"] == round(per_epoch, 2)
 
 
 def test_split_is_by_patient(trained_run):
@@ -81,6 +84,11 @@ def test_resume_continues_where_the_run_stopped(easy_data, tmp_path):
     train_mod.train(cfg, run)
     result = CliRunner().invoke(main, ["train", "--out", str(run), "--resume", "--epochs", "2"])
     assert result.exit_code == 0, result.output
+    # one named line per epoch, the best value explained (the epoch it came from survives --resume)
+    line = next(line for line in result.output.splitlines() if line.startswith("epoch 2/2 "))
+    assert "train loss " in line and "val acc " in line and " s/epoch" in line
+    assert "| best val_accuracy " in line and ("(epoch 1)" in line or "(epoch 2, saved)" in line)
+    assert "s/epoch (mean)" in result.output and "Epoch 2/2" not in result.output  # not Keras' own
     rows = history(run)
     assert [r["epoch"] for r in rows] == ["0", "1"]
     assert json.loads((run / "checkpoints/state.json").read_text())["epoch"] == 2

@@ -26,9 +26,9 @@ def configure_kivy(size=None, fullscreen: bool = False) -> None:
     Config.set("input", "mouse", "mouse,multitouch_on_demand")
 
 
-def run(model=None, threads=None, fullscreen: bool = False, size=None) -> None:
-    """Open the app window and block until it is closed."""
+def run(model=None, threads=None, fullscreen: bool = False, size=None, image=None) -> None:
+    """Open the app window (showing ``image`` analysed, if given) and block until it is closed."""
     configure_kivy(size=size, fullscreen=fullscreen)
     from .app import EdgeCXRApp
 
-    EdgeCXRApp(model_path=model, threads=threads).run()
+    EdgeCXRApp(model_path=model, threads=threads, image_path=image).run()

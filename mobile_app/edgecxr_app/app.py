@@ -27,31 +27,118 @@ from kivy.properties import (
     OptionProperty,
     StringProperty,
 )
+from kivy.uix.behaviors import ButtonBehavior
+from kivy.uix.label import Label
 from kivy.uix.popup import Popup
 
 from edgecxr.errors import EdgeCXRError
 from edgecxr.preprocess import IMAGE_SUFFIXES
 
-from . import analysis
+from . import analysis, browse
 from .services import get_services, is_android
 
 NOTICE = "Research software – not a medical device and not a diagnosis. Ask a clinician."
 THUMBNAIL_SIDE = 96  # px, history list
-# fnmatch is case-sensitive on Linux, and cameras and scanners write .JPG
-IMAGE_FILTERS = [f"*{s}" for s in IMAGE_SUFFIXES] + [f"*{s.upper()}" for s in IMAGE_SUFFIXES]
+IMAGE_FILTERS = [f"*{s}" for s in IMAGE_SUFFIXES]  # matched ignoring case: scanners write .JPG
+
+
+class ChooserRow(ButtonBehavior, Label):
+    """One folder or file in the chooser's list (a RecycleView row: only visible rows exist)."""
+
+    path = StringProperty("")
+    is_dir = BooleanProperty(False)
+    selected = BooleanProperty(False)
+
+    def on_release(self):
+        popup = self.parent
+        while popup is not None and not isinstance(popup, FileChooserPopup):
+            popup = popup.parent
+        if popup is not None:
+            popup.tap(self.path, self.is_dir)
 
 
 class FileChooserPopup(Popup):
-    """Kivy's file chooser in a popup; the desktop and Pi stand-in for a system picker."""
+    """The desktop and Pi stand-in for a system picker: a path field, Up, and the folder's list.
 
-    filters = ListProperty([])
+    The folder is read in a worker thread (``browse.list_folder``) and shown in a RecycleView, so
+    a folder of thousands of films neither freezes the window nor builds a widget per file. Type
+    a folder or a file into the field and press Enter to go there or open it; tap a folder to
+    enter it, a file to select it, the selected file again (or Open) to open it.
+    """
+
+    filters = ListProperty([])  # suffixes the list shows, e.g. [".png", ".jpg"]
     start_path = StringProperty("")
     callback = ObjectProperty(None)  # called with the chosen path
+    path = StringProperty("")  # the folder shown
+    rows = ListProperty([])
+    selection = ListProperty([])
+    status = StringProperty("")
+    status_kind = OptionProperty("info", options=["info", "error"])
+    listing = BooleanProperty(False)  # a worker is reading the folder
+    synchronous = BooleanProperty(False)  # list inline (tests)
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self._generation = 0
+        Clock.schedule_once(lambda _dt: self.go(self.start_path or browse.start_folder("")), 0)
+
+    def go(self, text: str) -> None:
+        """Show the folder ``text`` names, or open the file it names."""
+        kind, path = browse.resolve(text, self.path or browse.start_folder(""))
+        if kind == "file":
+            self.choose([path])
+        elif kind == "folder":
+            self._show(path)
+        else:
+            self.status, self.status_kind = f"No such folder or file: {path}", "error"
+
+    def go_up(self) -> None:
+        if self.path:
+            self._show(str(Path(self.path).parent))
+
+    def tap(self, path: str, is_dir: bool) -> None:
+        if is_dir:
+            self._show(path)
+        elif self.selection == [path]:
+            self.choose(self.selection)
+        else:
+            self.selection = [path]
+            self.rows = [{**row, "selected": row["path"] == path} for row in self.rows]
 
     def choose(self, selection) -> None:
         if selection:
             self.dismiss()
             self.callback(selection[0])
+
+    def _show(self, folder: str) -> None:
+        self._generation += 1
+        generation = self._generation
+        self.path, self.selection, self.rows = folder, [], []
+        self.listing, self.status, self.status_kind = True, f"Listing {folder} ...", "info"
+        suffixes = [f.lstrip("*") for f in self.filters]
+        if self.synchronous:
+            self._listed(generation, browse.list_folder(folder, suffixes))
+            return
+
+        def work():
+            result = browse.list_folder(folder, suffixes)
+            Clock.schedule_once(lambda _dt: self._listed(generation, result), 0)
+
+        threading.Thread(target=work, daemon=True).start()
+
+    def _listed(self, generation: int, result) -> None:
+        if generation != self._generation:
+            return  # the user went elsewhere meanwhile
+        self.listing = False
+        if result.error:
+            self.status, self.status_kind = result.error, "error"
+            return
+        self.rows = ([{"text": f"{name}/", "path": str(Path(result.folder) / name), "is_dir": True,
+                       "selected": False} for name in result.folders]
+                     + [{"text": name, "path": str(Path(result.folder) / name), "is_dir": False,
+                         "selected": False} for name in result.files])
+        noun = "file" if len(result.files) == 1 else "files"
+        self.status = f"{len(result.folders)} folders, {len(result.files)} {noun}"
 
 
 class CameraPopup(Popup):
@@ -106,9 +193,10 @@ class EdgeCXRApp(App):
     drop_supported = BooleanProperty(False)
     legend_texture = ObjectProperty(None, allownone=True)
 
-    def __init__(self, model_path=None, threads=None, synchronous=False, **kwargs):
+    def __init__(self, model_path=None, threads=None, synchronous=False, image_path=None, **kwargs):
         super().__init__(**kwargs)
         self._requested_model = str(model_path) if model_path else ""
+        self._requested_image = str(image_path) if image_path else ""
         self._requested_threads = threads
         self.synchronous = synchronous
         self.classifier = None
@@ -126,7 +214,8 @@ class EdgeCXRApp(App):
         return str(Path(self.user_data_dir) / "edgecxr.ini")
 
     def build_config(self, config):
-        config.setdefaults("edgecxr", {"model": "", "threads": "0", "fine_saliency": "1"})
+        # last_dir: the folder the last image came from, where the file chooser opens next time
+        config.setdefaults("edgecxr", {"model": "", "threads": "0", "fine_saliency": "1", "last_dir": ""})
 
     def on_screen(self, _app, name):
         if self.root is not None:
@@ -136,6 +225,7 @@ class EdgeCXRApp(App):
         from edgecxr.saliency import colormap
 
         self.services = get_services(self.user_data_dir)
+        _quiet_cut_buffer_probe()
         self.drop_supported = self.services.supports_drop
         self.camera_available = self.services.has_camera()
         Window.bind(on_drop_file=self._on_drop_file, on_keyboard=self._on_keyboard)
@@ -146,12 +236,15 @@ class EdgeCXRApp(App):
         threads = self._requested_threads
         self.threads = int(threads if threads is not None else self.config.getint("edgecxr", "threads"))
         self.fine_saliency = self.config.getboolean("edgecxr", "fine_saliency")
+        self._last_dir = self.config.get("edgecxr", "last_dir")
         if self._requested_model:
             self.use_model(self._requested_model, remember=False)
         elif saved and Path(saved).is_file():
             self.use_model(saved, remember=False)
         else:
             self.use_model(None, remember=False)
+        if self._requested_image:  # `edgecxr app IMAGE`
+            self.open_image(self._requested_image)
 
     # --- getting an image in -----------------------------------------------------------------
 
@@ -163,8 +256,9 @@ class EdgeCXRApp(App):
         FileChooserPopup(
             title="Open a chest X-ray",
             filters=IMAGE_FILTERS,
-            start_path=_existing_dir(self._last_dir),
+            start_path=browse.start_folder(self._last_dir),
             callback=self.open_image,
+            synchronous=self.synchronous,
         ).open()
 
     def open_camera(self) -> None:
@@ -187,7 +281,7 @@ class EdgeCXRApp(App):
     def open_image(self, path) -> None:
         """Classify one image file; the single entry point for every way of choosing one."""
         path = str(path)
-        self._last_dir = str(Path(path).parent)
+        self._remember_folder(str(Path(path).resolve().parent))
         if self.classifier is None:
             self._set_status("No model is loaded: choose a .tflite model in Settings.", "error")
             return
@@ -323,11 +417,20 @@ class EdgeCXRApp(App):
         if self.services.native_picker:
             self.services.pick_file("*/*", self.use_model)  # .tflite has no registered MIME type
             return
-        start = _existing_dir(str(Path(self.model_path).parent) if self.model_path else "")
+        start = browse.start_folder(str(Path(self.model_path).parent) if self.model_path else "")
         FileChooserPopup(
             title="Choose a .tflite model", filters=["*.tflite"], start_path=start,
-            callback=self.use_model,
+            callback=self.use_model, synchronous=self.synchronous,
         ).open()
+
+    def _remember_folder(self, folder: str) -> None:
+        """Keep the folder of the last image (in edgecxr.ini in App.user_data_dir) for the chooser."""
+        if folder == self._last_dir:
+            return
+        self._last_dir = folder
+        if self.config is not None:
+            self.config.set("edgecxr", "last_dir", folder)
+            self.config.write()
 
     def set_threads(self, threads: int) -> None:
         self.threads = int(threads)
@@ -425,6 +528,27 @@ def _ensure_config_home() -> None:
         Path(base).expanduser().mkdir(parents=True, exist_ok=True)
 
 
+def _quiet_cut_buffer_probe() -> None:
+    """Load Kivy's clipboard providers without the alarm they raise where xclip and xsel are missing.
+
+    The chooser's path field is a TextInput; the first time one is used, Kivy looks for xclip or
+    xsel (middle-click paste of the X selection) and, on a Linux machine without them, logs a
+    CRITICAL with two tracebacks. Copy and paste still work through SDL2; only middle-click paste
+    is missing, so the probe is run here once, with Kivy's log muted while it runs.
+    """
+    import logging
+    import shutil
+
+    if not sys.platform.startswith("linux") or is_android() or shutil.which("xclip") or shutil.which("xsel"):
+        return
+    level = Logger.level
+    Logger.setLevel(logging.CRITICAL + 1)
+    try:
+        import kivy.core.clipboard  # noqa: F401  (selects the clipboard and cut-buffer providers)
+    finally:
+        Logger.setLevel(level)
+
+
 def _run_job(work, on_done, on_error, post) -> None:
     try:
         result = work()
@@ -453,11 +577,6 @@ def timing_text(result) -> str:
 
 def _inference_ms(prediction) -> float:
     return float(getattr(prediction, "inference_ms", 0.0) or prediction.time_ms)
-
-
-def _existing_dir(path: str) -> str:
-    """A folder the file chooser can open: ``path`` if it still exists, else the home folder."""
-    return path if path and Path(path).is_dir() else str(Path.home())
 
 
 def rgb_texture(rgb: np.ndarray) -> Texture:

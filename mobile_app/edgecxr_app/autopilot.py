@@ -5,13 +5,15 @@
 ``script.json``::
 
     {"model": "m.tflite", "size": [800, 480], "synchronous": false, "timeout": 90,
+     "image": "shown at start, as with `edgecxr app IMAGE` (optional)",
      "steps": [["drop", "x.png"], ["wait"], ["press", "overlay_toggle"], ["wait"],
                ["screenshot", "shot.png"], ["state"]]}
 
 Steps run one after another on the Kivy clock, inside the running app, and go through the same
 methods and events a user triggers: ``drop`` dispatches the window's ``on_drop_file`` event,
-``choose`` opens the Open button's file chooser and ``pick`` selects a file in it and presses its
-Open button, ``press`` releases a button found by its kv id. ``wait`` waits until the app is idle;
+``choose`` opens the Open button's file chooser and ``pick`` types the file's folder into its path
+field, taps the file and presses Open (``type_path`` types any path and presses Enter,
+``wait_listing`` waits for the folder's list), ``press`` releases a button found by its kv id. ``wait`` waits until the app is idle;
 ``size`` resizes the window; ``state`` records what the UI shows. The result JSON holds the
 recorded states and ``"completed": true`` once every step ran; the exit code is 0 only then.
 Headless runs need SDL_VIDEODRIVER=offscreen (and a throw-away KIVY_HOME) in the environment.
@@ -36,6 +38,7 @@ class Autopilot:
         self.timeout = timeout
         self.result = {"completed": False, "states": [], "screenshots": [], "steps_run": 0}
         self._wait_started = None
+        self._picking = False
 
     def start(self, *_args) -> None:
         from kivy.clock import Clock
@@ -94,12 +97,33 @@ class Autopilot:
         return SETTLE_S
 
     def op_pick(self, path):
+        """In the open chooser: type the file's folder into the path field, wait for the list, tap
+        the file's row (as a user taps it), then press Open."""
         popup = self._open_popup()
-        chooser = popup.ids.chooser
-        chooser.path = str(Path(path).parent)
-        chooser.selection = [str(path)]
+        if not self._picking:
+            self._type(popup, str(Path(path).parent))
+            self._picking = True
+        if popup.listing:
+            return None
+        self._picking = False
+        row = next(r for r in popup.rows if r["path"] == str(path))
+        popup.tap(row["path"], row["is_dir"])
         popup.ids.open_button.trigger_action(0)
         return 0.05
+
+    def op_type_path(self, text):
+        """Type ``text`` into the open chooser's path field and press Enter."""
+        self._type(self._open_popup(), text)
+        return 0.05
+
+    def op_wait_listing(self):
+        """Wait until the open chooser has listed its folder."""
+        return None if self._open_popup().listing else SETTLE_S
+
+    def _type(self, popup, text):
+        field = popup.ids.path_field
+        field.text = text
+        field.dispatch("on_text_validate")
 
     def op_press(self, widget_id):
         self.find(widget_id).trigger_action(0)
@@ -215,6 +239,29 @@ class Autopilot:
             "threads": app.threads,
             "classifier_threads": getattr(app.classifier, "num_threads", None),
             "popups": sum(isinstance(w, ModalView) for w in Window.children),
+            "last_dir": app._last_dir,
+            "chooser": self._chooser_state(),
+        }
+
+    def _chooser_state(self):
+        from kivy.core.window import Window
+
+        from .app import FileChooserPopup
+
+        popups = [w for w in Window.children if isinstance(w, FileChooserPopup)]
+        if not popups:
+            return None
+        popup = popups[0]
+        layout = popup.ids.listing.layout_manager
+        return {
+            "path": popup.path,
+            "path_field": popup.ids.path_field.text,
+            "listing": popup.listing,
+            "rows": len(popup.rows),
+            "row_widgets": len(layout.children),
+            "first_rows": [r["text"] for r in popup.rows[:3]],
+            "status": popup.status,
+            "status_kind": popup.status_kind,
         }
 
 
@@ -234,6 +281,7 @@ def main(argv=None) -> int:
         model_path=script.get("model"),
         threads=script.get("threads"),
         synchronous=bool(script.get("synchronous", False)),
+        image_path=script.get("image"),
     )
     pilot = Autopilot(app, script["steps"], argv[1], timeout=float(script.get("timeout", 90)))
     app.bind(on_start=pilot.start)

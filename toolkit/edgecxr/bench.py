@@ -19,7 +19,6 @@ interpreter are imported: this runs on the device itself.
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import gc
 import io
@@ -37,6 +36,7 @@ import numpy as np
 
 from . import DEFAULT_MAX_DROP
 from .errors import DataError, EdgeCXRError, ImageError, MissingExtraError, ModelFileError
+from .progress import progress as progress_bar
 from .tables import md_table, text_table
 
 SCHEMA = "edgecxr.bench/1"
@@ -486,7 +486,7 @@ def _bench_one(row: BenchRow, runs, warmup, records, sources, progress, opener=N
     gc.collect()
     rss_before = _rss_mb()
     total = 2 * (runs + warmup + 1) + (len(records) if records else 0)
-    with _progress(progress, total, f"{row.name}, threads={_threads(row.threads)}") as bar:
+    with progress_bar(None if progress else False, total, f"{row.name}, threads={_threads(row.threads)}") as bar:
         t0 = time.perf_counter()
         clf = opener(row.model, row.threads)
         row.init_ms = (time.perf_counter() - t0) * 1e3
@@ -709,22 +709,6 @@ def _peak_rss_mb() -> float | None:
 
 
 # --- small helpers ---------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def _progress(enabled: bool, total: int, label: str):
-    if not enabled:
-        yield _NoBar()
-        return
-    import click
-
-    with click.progressbar(length=total, label=label, file=sys.stderr) as bar:
-        yield bar
-
-
-class _NoBar:
-    def update(self, n: int) -> None:
-        pass
 
 
 def _one_line(exc: BaseException) -> str:

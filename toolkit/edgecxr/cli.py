@@ -36,6 +36,9 @@ def friendly_errors(func):
 @click.version_option(package_name="edgecxr")
 def main():
     """Chest X-ray classifier: train, quantize, export, benchmark and run it on the edge."""
+    from .quiet import plain_warnings
+
+    plain_warnings()
 
 
 # --- data -------------------------------------------------------------------------------------
@@ -155,11 +158,12 @@ def evaluate(target, data, split, splits_file, extra_data, out, threads, as_json
 
     from . import metrics as metrics_mod
     from .evaluate import evaluate as run_evaluation
+    from .evaluate import written_files
 
     metrics, out_dir = run_evaluation(target, data=data, split=split, splits_file=splits_file, out=out,
                                       extra=tuple(extra_data), threads=threads, force=force)
     click.echo(json.dumps(metrics, indent=2) if as_json else metrics_mod.format_metrics(metrics))
-    click.echo(f"wrote {out_dir / 'metrics.json'} and {out_dir / 'report.md'}", err=True)
+    click.echo(f"wrote {out_dir}/: {', '.join(p.name for p in written_files(out_dir))}", err=True)
 
 
 # --- export (edgecxr.export) -------------------------------------------------------------------
@@ -361,13 +365,18 @@ def _window_size(_ctx, _param, value):
 
 
 @main.command("app")
+@click.argument("image", required=False, type=click.Path())
 @click.option("--model", type=click.Path(dir_okay=False), help="A .tflite model instead of the shipped one.")
 @click.option("--threads", type=click.IntRange(1, 64), help="Interpreter threads (default: the app's setting).")
 @click.option("--fullscreen", is_flag=True, help="Fill the screen (Raspberry Pi kiosk).")
 @click.option("--size", callback=_window_size, metavar="WxH", help="Window size, e.g. 800x480.")
 @friendly_errors
-def app_command(model, threads, fullscreen, size):
-    """Open the offline app: pick or drop an X-ray, see the prediction and its saliency map."""
+def app_command(image, model, threads, fullscreen, size):
+    """Open the offline app: pick or drop an X-ray, see the prediction and its saliency map.
+
+    With IMAGE, the app opens with that film analysed; the file chooser starts in the folder the
+    last image came from.
+    """
     import os
     from pathlib import Path
 
@@ -378,6 +387,8 @@ def app_command(model, threads, fullscreen, size):
         raise EdgeCXRError(
             f"the app is not importable: {app_dir} not found; run it from a source checkout of edgecxr"
         )
+    if image and not Path(image).is_file():
+        raise EdgeCXRError(f"{image}: image not found")
     if model:
         from .runtime import Classifier
 
@@ -387,7 +398,8 @@ def app_command(model, threads, fullscreen, size):
     sys.path.insert(0, str(app_dir))
     from edgecxr_app import run
 
-    run(model=model, threads=threads, fullscreen=fullscreen, size=size)
+    run(model=model, threads=threads, fullscreen=fullscreen, size=size,
+        image=str(Path(image).resolve()) if image else None)
 
 
 if __name__ == "__main__":

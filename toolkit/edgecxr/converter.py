@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import EdgeCXRError, ModelFileError, require
+from .quiet import filtered_stderr
 
 # Built models and traced serving functions, kept for the process (see load_model, make_converter).
 _MODEL_CACHE: dict = {}
@@ -165,8 +166,9 @@ def make_converter(model, size: int):
 
 @contextlib.contextmanager
 def quiet_converter():
-    """Silence two TensorFlow warnings that say nothing about this model (locally, not globally)."""
-    with warnings.catch_warnings():
+    """Silence what the converter prints that says nothing about this model (locally, not globally):
+    two Python warnings, and its C++ lines (op counts, "fully_quantize: 0 ...", see edgecxr.quiet)."""
+    with warnings.catch_warnings(), filtered_stderr():
         # Emitted for every int8 conversion; the representative data set supplies the statistics.
         warnings.filterwarnings("ignore", "Statistics for quantized inputs", UserWarning)
         # The QuantizationDebugger uses tf.lite.Interpreter internally; nothing to act on here.
@@ -174,10 +176,16 @@ def quiet_converter():
         yield
 
 
-def representative_dataset(images: np.ndarray):
+def representative_dataset(images: np.ndarray, label: str = "int8 calibration"):
+    """The converter's calibration input, one image at a time, with a progress bar on a terminal
+    (at 224 px a few hundred images take a minute or more)."""
+    from .progress import progress
+
     def generate():
-        for img in images:
-            yield [img[None].astype(np.float32)]
+        with progress(None, len(images), label) as bar:
+            for img in images:
+                yield [img[None].astype(np.float32)]
+                bar.update(1)
 
     return generate
 
@@ -186,7 +194,8 @@ def check_io_types(tflite: bytes, io: str) -> None:
     from .runtime import interpreter_backend
 
     interpreter_cls, _, _ = interpreter_backend()
-    interp = interpreter_cls(model_content=tflite)
+    with filtered_stderr():
+        interp = interpreter_cls(model_content=tflite)
     got = {np.dtype(d["dtype"]).name for d in (*interp.get_input_details(), *interp.get_output_details())}
     if got != {io}:
         raise EdgeCXRError(f"internal: asked for {io} input/output, the converter produced {sorted(got)}")

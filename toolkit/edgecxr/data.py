@@ -708,15 +708,18 @@ def load_split_arrays(
     size: int,
     on_error: Callable[[str, str], None] | None = None,
     equalize: bool = False,
+    progress: str | None = None,
 ) -> tuple[np.ndarray, list[Record]]:
     """Load the images of one split (or several) as uint8 ``(N, size, size, 3)`` plus their Records.
 
     ``which`` is compared with ``splits`` as given (callers may label all records ``"eval"``).
     Unreadable files are passed to ``on_error(path, message)`` and left out of both results.
+    ``progress`` labels a progress bar (see ``preprocess.load_images``).
     """
     wanted = {which} if isinstance(which, str) else set(which)
     chosen = [rec for rec, split in zip(records, splits) if split in wanted]
-    arrays, ok = load_images([rec.file for rec in chosen], size, on_error=on_error, equalize=equalize)
+    arrays, ok = load_images([rec.file for rec in chosen], size, on_error=on_error, equalize=equalize,
+                             progress=progress)
     return arrays, [chosen[i] for i in ok]
 
 

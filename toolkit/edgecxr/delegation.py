@@ -50,12 +50,14 @@ def delegation_summary(interpreter) -> Delegation:
 
 
 def delegation_note(tflite: bytes) -> str | None:
+    from .quiet import filtered_stderr
     from .runtime import interpreter_backend
 
     interpreter_cls, name, _ = interpreter_backend()
     try:
-        interp = interpreter_cls(model_content=tflite, num_threads=1)
-        interp.allocate_tensors()
+        with filtered_stderr():
+            interp = interpreter_cls(model_content=tflite, num_threads=1)
+            interp.allocate_tensors()
         return delegation_summary(interp).describe()
     except (ValueError, RuntimeError, AttributeError, KeyError):
         return None

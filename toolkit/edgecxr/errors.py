@@ -42,11 +42,19 @@ class OutputExistsError(EdgeCXRError):
     """The output already exists and --force was not given."""
 
 
+# Importing any of these imports TensorFlow, whose C++ start-up chatter edgecxr.quiet filters.
+_TENSORFLOW_MODULES = ("tensorflow", "tf_keras", "tensorflow_model_optimization")
+
+
 def require(module: str, extra: str):
     """Import an optional dependency or say which extra installs it."""
     import importlib
 
     try:
+        if module in _TENSORFLOW_MODULES:
+            from .quiet import import_tensorflow
+
+            import_tensorflow()
         return importlib.import_module(module)
     except ImportError as exc:
         raise MissingExtraError(

@@ -17,6 +17,16 @@ from . import data as data_mod
 from . import metrics as metrics_mod
 from .errors import DataError, ModelFileError
 from .io import atomic_write_text, refuse_overwrite
+from .progress import predict_in_batches, progress
+
+
+# What one evaluation writes into its folder (the PNGs need matplotlib).
+EVALUATION_FILES = ("metrics.json", "report.md", "predictions.csv", "confusion_matrix.png", "reliability.png")
+
+
+def written_files(out_dir: Path) -> list[Path]:
+    """The evaluation's files in ``out_dir``, in EVALUATION_FILES order (for "wrote ..." lines)."""
+    return [Path(out_dir) / name for name in EVALUATION_FILES if (Path(out_dir) / name).is_file()]
 
 
 def _log(msg: str) -> None:
@@ -54,7 +64,8 @@ def load_eval_arrays(records, size: int, equalize: bool = False):
         _log(f"skipped unreadable image: {message}")
 
     splits = ["eval"] * len(records)
-    return data_mod.load_split_arrays(records, splits, "eval", size, on_error=skipped, equalize=equalize)
+    return data_mod.load_split_arrays(records, splits, "eval", size, on_error=skipped, equalize=equalize,
+                                      progress="loading images")
 
 
 def score(records, probs, class_names, partial_labels: dict | None = None) -> dict:
@@ -78,7 +89,8 @@ def evaluate(target: str | Path, data: str | None = None, split: str | None = No
     ``split`` None means the test split when a splits file is known, else every image. Results go
     to ``out``, by default ``RUN/eval-SPLIT`` for a run and ``./eval-MODEL-SPLIT`` for a model file:
     never beside a model file, which may sit in a checkout (the shipped one does) or a read-only
-    folder. An earlier evaluation there is kept unless ``force``.
+    folder (in the repository's own checkout, .gitignore ignores ``eval-*/``). An earlier
+    evaluation there is kept unless ``force``, which replaces all of its files.
     """
     from . import report
 
@@ -117,6 +129,8 @@ def evaluate(target: str | Path, data: str | None = None, split: str | None = No
         _log(f"note: {note}")
     out_dir = Path(out) if out else default_dir / f"{prefix}-{split}"
     refuse_overwrite(out_dir / "metrics.json", force)
+    for stale in written_files(out_dir):  # --force: none of the earlier evaluation's files survive
+        stale.unlink()
     notes: list[str] = []
     records = data_mod.load_records(data, extra, notes=notes, partial_labels=partial_labels)
     for note in notes:
@@ -126,7 +140,8 @@ def evaluate(target: str | Path, data: str | None = None, split: str | None = No
     images, kept = load_eval_arrays(records, size, equalize)
     if not kept:
         raise DataError(f"no readable images to evaluate in {data}")
-    probs = predict(images)
+    with progress(None, len(images), f"scoring {target.name}") as bar:
+        probs = predict_in_batches(predict, images, bar)
     metrics = score(kept, probs, class_names, partial_labels)
     metrics["evaluated"] = {"target": str(target), "data": str(data), "split": split, "images": len(kept)}
     report.write_evaluation(metrics, out_dir, title=f"{target.name} on {Path(data).name} ({split})")

@@ -144,7 +144,7 @@ class GuardData:
             log(f"skipped unreadable image: {message}")
 
         return data_mod.load_split_arrays(records, ["x"] * len(records), "x", self.image_size,
-                                          on_error=skipped, equalize=self.equalize)
+                                          on_error=skipped, equalize=self.equalize, progress="loading images")
 
 
 def load_guard_data(run_dir: Path, cfg, data: Sequence[str], log) -> GuardData:

@@ -200,19 +200,30 @@ def xray_warning(rgb: np.ndarray) -> str:
     return ""
 
 
-def load_images(paths, size: int, on_error=None, equalize: bool = False) -> tuple[np.ndarray, list[int]]:
+def load_images(paths, size: int, on_error=None, equalize: bool = False,
+                progress: str | None = None) -> tuple[np.ndarray, list[int]]:
     """Load many images; return the stacked array and the indices that loaded.
 
-    Unreadable files are passed to ``on_error(path, message)`` and skipped, never raised.
+    Unreadable files are passed to ``on_error(path, message)`` and skipped, never raised. With a
+    ``progress`` label a bar with ETA is drawn on a terminal (thousands of films take minutes);
+    ``on_error`` is then called once the bar is done, so its messages do not break the bar's line.
     """
-    arrays, ok = [], []
-    for i, path in enumerate(paths):
-        try:
-            arrays.append(load_image(path, size, equalize=equalize))
-            ok.append(i)
-        except ImageError as exc:
-            if on_error is not None:
-                on_error(path, str(exc))
+    from .progress import progress as progress_bar
+
+    arrays, ok, failed = [], [], []
+    with progress_bar(None if progress else False, len(paths), progress or "") as bar:
+        for i, path in enumerate(paths):
+            try:
+                arrays.append(load_image(path, size, equalize=equalize))
+                ok.append(i)
+            except ImageError as exc:
+                failed.append((path, str(exc)))
+                if on_error is not None and not progress:
+                    on_error(path, str(exc))
+            bar.update(1)
+    if on_error is not None and progress:
+        for path, message in failed:
+            on_error(path, message)
     if not arrays:
         return np.zeros((0, size, size, 3), np.uint8), ok
     return np.stack(arrays), ok

@@ -23,6 +23,7 @@ from PIL import Image
 
 from .errors import ImageError, MissingExtraError, ModelFileError
 from .preprocess import load_image, xray_warning
+from .quiet import filtered_stderr
 from .spec import ModelSpec, read_spec
 
 DEFAULT_MODEL_NAME = "edgecxr_int8.tflite"
@@ -87,7 +88,6 @@ def default_model_path() -> Path:
 
 def interpreter_backend():
     """Return ``(Interpreter class, backend name, version)``, preferring the TensorFlow-free ones."""
-    import importlib
     from importlib import metadata
 
     try:
@@ -105,7 +105,9 @@ def interpreter_backend():
     try:
         # Last resort only: pulls in all of TensorFlow (seconds to import, hundreds of MB), so it is
         # imported by name here and never on the normal runtime path.
-        tf = importlib.import_module("tensorflow")
+        from .quiet import import_tensorflow
+
+        tf = import_tensorflow()
 
         return tf.lite.Interpreter, "tensorflow.lite", tf.__version__
     except ImportError:
@@ -170,13 +172,15 @@ class Classifier:
         # The interpreter verifies the flatbuffer, so a truncated file is named as such before
         # the spec (appended at the very end, hence lost first) is looked for.
         try:
-            self.interpreter = interpreter_cls(model_path=str(self.model_path), num_threads=num_threads)
+            with filtered_stderr():  # LiteRT's "INFO: Created TensorFlow Lite XNNPACK delegate"
+                self.interpreter = interpreter_cls(model_path=str(self.model_path), num_threads=num_threads)
         except (ValueError, RuntimeError) as exc:
             raise ModelFileError(f"{self.model_path}: damaged or truncated TFLite file ({exc})") from None
         self.spec: ModelSpec = read_spec(self.model_path)
         _check_spec_supported(self.spec, self.model_path)
         try:
-            self.interpreter.allocate_tensors()
+            with filtered_stderr():
+                self.interpreter.allocate_tensors()
         except (ValueError, RuntimeError) as exc:
             raise ModelFileError(f"{self.model_path}: the interpreter cannot run it ({exc})") from None
         self.input_details, self.output_details = self._check_io()

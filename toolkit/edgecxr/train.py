@@ -26,6 +26,7 @@ from . import metrics as metrics_mod
 from .config import TrainConfig
 from .errors import DataError, EdgeCXRError, require
 from .io import atomic_temp_path, atomic_write_text
+from .progress import NoBar, predict_in_batches, progress
 
 
 @dataclass
@@ -72,7 +73,7 @@ def load_split(records, splits, which: str, cfg: TrainConfig) -> SplitArrays:
         log(f"skipped unreadable image: {message}")
 
     images, kept = data_mod.load_split_arrays(records, splits, which, cfg.image_size, on_error=skipped,
-                                              equalize=cfg.equalize)
+                                              equalize=cfg.equalize, progress=f"loading {which} images")
     targets = np.stack([data_mod.target_vector(r.label, cfg.class_names, cfg.partial_labels)
                         for r in kept]) if kept else (
         np.zeros((0, len(cfg.class_names)), np.float32)
@@ -456,8 +457,11 @@ class Checkpointer:
     The state file makes ``--resume`` continue at the right epoch with the right best value.
     """
 
-    def __init__(self, keras, run_dir: Path, val: SplitArrays, cfg: TrainConfig, best: float | None):
+    def __init__(self, keras, run_dir: Path, val: SplitArrays, cfg: TrainConfig, best: float | None,
+                 best_epoch: int | None = None):
         self.keras, self.run_dir, self.val, self.cfg, self.best = keras, run_dir, val, cfg, best
+        self.best_epoch, self.improved = best_epoch, False
+        self.bar = NoBar()  # EpochReporter's bar while an epoch runs: validation moves it too
         self.ckpt_dir = run_dir / "checkpoints"
         self.ckpt_dir.mkdir(parents=True, exist_ok=True)
 
@@ -476,10 +480,12 @@ class Checkpointer:
                 outer._save(model, "last.weights.h5")
                 value = logs.get(outer.cfg.monitor)
                 improved = value is not None and (outer.best is None or outer.better(value, outer.best))
+                outer.improved = improved
                 if improved:
-                    outer.best = value
+                    outer.best, outer.best_epoch = value, epoch
                     outer._save(model, "best.weights.h5")
-                state = {"epoch": epoch + 1, "best": outer.best, "monitor": outer.cfg.monitor}
+                state = {"epoch": epoch + 1, "best": outer.best, "best_epoch": outer.best_epoch,
+                         "monitor": outer.cfg.monitor}
                 atomic_write_text(outer.ckpt_dir / "state.json", json.dumps(state) + "\n")
                 logs["best"] = 1.0 if improved else 0.0  # every row has the column: see HistoryWriter
 
@@ -491,7 +497,8 @@ class Checkpointer:
     def validate(self, model) -> dict:
         if len(self.val.images) == 0:
             return {}
-        probs = model.predict(self.val.images.astype(np.float32), batch_size=64, verbose=0)
+        probs = predict_in_batches(lambda x: model.predict(x.astype(np.float32), batch_size=64, verbose=0),
+                                   self.val.images, self.bar)
         records = self.val.records
         m = metrics_mod.evaluate_predictions(
             self.val.labels, probs, self.cfg.class_names, sources=[r.source for r in records],
@@ -598,14 +605,14 @@ def _train(cfg: TrainConfig, run_dir: Path, resume: bool, role=None, out: Path |
     out = out or run_dir
 
     state_path = run_dir / "checkpoints" / "state.json"
-    first_epoch, best = 0, None
+    first_epoch, best, best_epoch = 0, None, None
     if resume and out != run_dir and not state_path.is_file():
         raise EdgeCXRError(f"--resume: worker {role.position} finds no {state_path}; it resumes from the chief's "
                            "checkpoints, so the run directory must be readable here at the same path "
                            "(shared storage, or a copy of the chief's)")
     if resume and state_path.is_file():
         state = json.loads(state_path.read_text())
-        first_epoch, best = int(state["epoch"]), state.get("best")
+        first_epoch, best, best_epoch = int(state["epoch"]), state.get("best"), state.get("best_epoch")
         if first_epoch >= cfg.epochs:
             log(f"{run_dir} already finished {first_epoch} of {cfg.epochs} epochs; raise --epochs to train more")
             return run_dir
@@ -640,15 +647,19 @@ def _train(cfg: TrainConfig, run_dir: Path, resume: bool, role=None, out: Path |
         if first_epoch > 0:
             model.load_weights(str(run_dir / "checkpoints" / "last.weights.h5"))
 
-    checkpointer = Checkpointer(keras, out, val_arr, cfg, best)
+    checkpointer = Checkpointer(keras, out, val_arr, cfg, best, best_epoch)
+    reporter = EpochReporter(keras, cfg, len(val_arr.images), checkpointer)
     callbacks = [
         checkpointer.callback(model),
         EpochTimer(keras),
         HistoryWriter(keras, out / "history.csv", first_epoch),
+        reporter,
     ]
+    stopper = None
     if cfg.early_stopping:
-        callbacks.append(keras.callbacks.EarlyStopping(
-            monitor=cfg.monitor, mode=cfg.monitor_mode, patience=cfg.early_stopping))
+        stopper = keras.callbacks.EarlyStopping(monitor=cfg.monitor, mode=cfg.monitor_mode,
+                                                patience=cfg.early_stopping)
+        callbacks.append(stopper)
     fit_start = time.time()
     interrupted = False
     steps = 0
@@ -661,7 +672,11 @@ def _train(cfg: TrainConfig, run_dir: Path, resume: bool, role=None, out: Path |
                 steps = fit_stage(model, stage, start, train_arr, cfg, tf, keras, global_batch, callbacks)
             if cfg.early_stopping and model.stop_training:
                 break
+        if stopper is not None and stopper.stopped_epoch > 0:
+            log(f"early stopping after epoch {stopper.stopped_epoch + 1}: {cfg.monitor} did not improve "
+                f"for {cfg.early_stopping} epochs")
     except KeyboardInterrupt:
+        reporter.close()
         interrupted = True
         log(f"interrupted: the last finished epoch is saved in {run_dir / 'checkpoints'}; "
             f"continue with: edgecxr train --resume --out {run_dir}")
@@ -683,9 +698,10 @@ def _train(cfg: TrainConfig, run_dir: Path, resume: bool, role=None, out: Path |
             return run_dir
     atomic_write_text(run_dir / "model_spec.json", model_mod.model_spec(cfg).to_json() + "\n")
     report.plot_history(run_dir / "history.csv", run_dir / "plots")
+    session = _read_history(run_dir / "history.csv")[first_epoch:]
     summary = finish(run_dir, cfg, val_arr, keras, train_images=len(train_arr.images),
                      fit_seconds=fit_seconds, steps=steps, global_batch=global_batch,
-                     epochs_run=len(_read_history(run_dir / "history.csv")) - first_epoch)
+                     epochs_run=len(session), epoch_seconds=_column(session, "epoch_seconds"))
     if interrupted:
         raise KeyboardInterrupt
     if role is not None:
@@ -716,8 +732,10 @@ def fit_stage(model, stage: Stage, start: int, train_arr: SplitArrays, cfg: Trai
     trainable = sum(int(np.prod(w.shape)) for w in model.trainable_weights)
     log(f"epochs {start + 1}-{stage.end}: {stage.name}, learning rate {stage.learning_rate:g}, "
         f"{trainable:,} trainable parameters")
+    # Keras' own progress output is off: it shows neither an ETA in non-interactive logs nor our
+    # validation metrics' names, and its s/epoch leaves out validation (EpochReporter instead).
     model.fit(dataset, epochs=stage.end, initial_epoch=start, steps_per_epoch=steps,
-              callbacks=callbacks, verbose=1 if sys.stdout.isatty() else 2)
+              callbacks=callbacks, verbose=0)
     return steps
 
 
@@ -735,6 +753,74 @@ class EpochTimer:
                     logs["epoch_seconds"] = time.time() - self.t0
 
         return _Timer()
+
+
+# The epoch line's columns: history.csv key, the name shown, and whether it is a rate (shown in %).
+EPOCH_COLUMNS = (
+    ("loss", "train loss", False),
+    ("accuracy", "train acc", True),
+    ("val_loss", "val loss", False),
+    ("val_accuracy", "val acc", True),
+    ("val_macro_sensitivity", "val macro sens", True),
+    ("val_covid_sensitivity", "val covid sens", True),
+    ("val_worst_source", "val worst source", True),
+)
+
+
+def epoch_line(epoch: int, epochs: int, logs: dict, monitor: str, best: float | None,
+               best_epoch: int | None, improved: bool) -> str:
+    """One line per finished epoch, every number named, e.g.
+    ``epoch 3/15  train loss 0.912  train acc 61.0%  val loss 1.020  val acc 55.2%  ...  41.2 s/epoch
+    | best val_macro_sensitivity 0.5310 (epoch 3, saved)``. The time covers the training steps and
+    the validation pass, and is the figure the final summary averages."""
+    parts = [f"epoch {epoch + 1}/{epochs}"]
+    for key, name, rate in EPOCH_COLUMNS:
+        value = logs.get(key)
+        if value is not None:
+            parts.append(f"{name} {float(value):.1%}" if rate else f"{name} {float(value):.3f}")
+    if logs.get("epoch_seconds") is not None:
+        parts.append(f"{float(logs['epoch_seconds']):.1f} s/epoch")
+    line = "  ".join(parts)
+    if best is None:
+        return line
+    where = f"epoch {best_epoch + 1}" if best_epoch is not None else "an earlier epoch"
+    return f"{line} | best {monitor} {best:.4f} ({where}{', saved' if improved else ''})"
+
+
+class EpochReporter:
+    """A progress bar with ETA over each epoch (its training steps, then the validation images)
+    and, when the epoch ends, one ``epoch_line``. The bar is drawn on a terminal only; the lines
+    are always printed, so a log shows every epoch too."""
+
+    def __new__(cls, keras, cfg: TrainConfig, val_images: int, checkpointer: Checkpointer):
+        import contextlib
+
+        class _Reporter(keras.callbacks.Callback):
+            def __init__(self):
+                super().__init__()
+                self.stack = contextlib.ExitStack()
+
+            def on_epoch_begin(self, epoch, logs=None):
+                self.close()
+                steps = int((self.params or {}).get("steps") or 0)  # set by fit for each stage
+                bar = self.stack.enter_context(
+                    progress(None, steps + val_images, f"epoch {epoch + 1}/{cfg.epochs}", count=False))
+                self.bar = checkpointer.bar = bar
+
+            def on_train_batch_end(self, batch, logs=None):
+                self.bar.update(1)
+
+            def on_epoch_end(self, epoch, logs=None):
+                self.close()
+                log(epoch_line(epoch, cfg.epochs, logs or {}, cfg.monitor, checkpointer.best,
+                               checkpointer.best_epoch, checkpointer.improved))
+
+            def close(self):
+                """End the bar's line (also on Ctrl-C, so the next message starts on a line of its own)."""
+                self.stack.close()
+                self.bar = checkpointer.bar = NoBar()
+
+        return _Reporter()
 
 
 class HistoryWriter:
@@ -762,6 +848,16 @@ class HistoryWriter:
         return _Writer()
 
 
+def _column(rows: list[dict], name: str) -> list[float]:
+    values = []
+    for row in rows:
+        try:
+            values.append(float(row[name]))
+        except (KeyError, TypeError, ValueError):
+            pass
+    return values
+
+
 def _read_history(path: Path) -> list[dict]:
     if not path.is_file():
         return []
@@ -771,21 +867,32 @@ def _read_history(path: Path) -> list[dict]:
 
 
 def finish(run_dir: Path, cfg: TrainConfig, val: SplitArrays, keras, train_images: int,
-           fit_seconds: float, steps: int, global_batch: int, epochs_run: int) -> str:
-    """Evaluate the best checkpoint on the validation split and write metrics, report and summary."""
+           fit_seconds: float, steps: int, global_batch: int, epochs_run: int,
+           epoch_seconds: list[float] | None = None) -> str:
+    """Evaluate the best checkpoint on the validation split and write metrics, report and summary.
+
+    Seconds per epoch is the mean of the per-epoch times EpochReporter printed (training steps and
+    validation), so the summary and the epoch lines agree; ``seconds`` is the whole fit.
+    """
     from . import model as model_mod
     from . import report
 
     model, _ = model_mod.load_run_model(run_dir, "best")
-    probs = model.predict(val.images.astype(np.float32), batch_size=64, verbose=0) if len(val.images) else (
-        np.zeros((0, len(cfg.class_names)), np.float32)
-    )
+    if len(val.images):
+        with progress(None, len(val.images), "scoring the best checkpoint on val") as bar:
+            probs = predict_in_batches(lambda x: model.predict(x.astype(np.float32), batch_size=64, verbose=0),
+                                       val.images, bar)
+    else:
+        probs = np.zeros((0, len(cfg.class_names)), np.float32)
     metrics = metrics_mod.evaluate_predictions(
         val.labels, probs, cfg.class_names,
         sources=[r.source for r in val.records], groups=[r.group for r in val.records],
         partial_labels=[r.label for r in val.records], partial_allowed=cfg.partial_labels,
     )
-    per_epoch = fit_seconds / epochs_run if epochs_run > 0 else float("nan")
+    if epoch_seconds:
+        per_epoch = float(np.mean(epoch_seconds))
+    else:
+        per_epoch = fit_seconds / epochs_run if epochs_run > 0 else float("nan")
     metrics["training"] = {
         "epochs_run": epochs_run,
         "seconds": round(fit_seconds, 1),
@@ -799,4 +906,4 @@ def finish(run_dir: Path, cfg: TrainConfig, val: SplitArrays, keras, train_image
     lo, hi = acc.get("ci", [None, None])
     ci = f" (95% CI {lo:.1%}-{hi:.1%})" if lo is not None else ""
     return (f"done: {run_dir} | val accuracy {acc['value']:.1%}{ci} on {len(val.images)} images | "
-            f"{epochs_run} epoch{'s' if epochs_run != 1 else ''}, {per_epoch:.1f}s/epoch | next: edgecxr export {run_dir} --quantize int8")
+            f"{epochs_run} epoch{'s' if epochs_run != 1 else ''}, {per_epoch:.1f} s/epoch (mean) | next: edgecxr export {run_dir} --quantize int8")
