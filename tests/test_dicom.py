@@ -312,3 +312,28 @@ def test_app_analysis_reads_dicom_at_its_aspect_ratio(tmp_path):
     result = analysis.analyse(clf, path)
     assert result.display.shape[:2] == (32, 64)
     assert result.prediction.label == clf.predict(path).label and result.warning == ""
+
+
+def test_folders_find_suffixless_dicom_films(tmp_path):
+    """PACS exports name films IM000001: predict FOLDER, class folders and data check find them by the
+    magic, while other suffix-less files (notes, DICOMDIR-like text) are still skipped."""
+    from edgecxr import data
+    from edgecxr.preprocess import is_image_file
+    from edgecxr.runtime import expand_images
+    from synthetic import CLASSES
+
+    rng = np.random.default_rng(1)
+    for label in CLASSES:
+        for i in range(3):
+            write_dicom(tmp_path / label / f"IM{i:06d}", synthetic_image(label, rng, 32).astype(np.uint16) * 16)
+    (tmp_path / "normal" / "README").write_text("exported by the PACS\n")
+    (tmp_path / "normal" / ".IM000009").write_bytes((tmp_path / "normal" / "IM000000").read_bytes())
+    assert is_image_file(tmp_path / "normal" / "IM000000")
+    assert not is_image_file(tmp_path / "normal" / "README")
+    assert not is_image_file(tmp_path / "normal" / ".IM000009")  # hidden files stay skipped
+    files, problems = expand_images([tmp_path])
+    assert len(files) == 12 and not problems and not any(f.endswith("README") for f in files)
+    records = data.load_records(tmp_path)
+    assert len(records) == 12 and {r.label for r in records} == set(CLASSES)
+    report = data.check_data(tmp_path)
+    assert report.n_images == 12 and report.unreadable == [] and report.sizes == {"32x32": 12}

@@ -34,7 +34,7 @@ from PIL import Image, UnidentifiedImageError
 from . import CLASS_NAMES, PARTIAL_LABELS
 from . import dicom
 from .errors import DataError, ImageError, LeakageError
-from .preprocess import IMAGE_SUFFIXES, load_images
+from .preprocess import IMAGE_SUFFIXES, is_image_file, load_images
 
 log = logging.getLogger(__name__)
 
@@ -234,7 +234,7 @@ class _Dataset:
 
 
 def _is_image(path: Path) -> bool:
-    return path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
+    return is_image_file(path)
 
 
 def _find_manifest(folder: Path) -> Path | None:
@@ -299,7 +299,8 @@ def _read_folders(root: Path, partial_labels: Mapping[str, Sequence[str]] | None
             file_name = os.path.normpath(str(file.absolute()))
             records.append(Record(file_name, label, patient, source, source_group(source)))
     if skipped:
-        notes.append(f"skipped {skipped} files without an image suffix ({', '.join(IMAGE_SUFFIXES)})")
+        notes.append(f"skipped {skipped} files without an image suffix ({', '.join(IMAGE_SUFFIXES)}) "
+                     "or the DICOM magic")
     if guessed:
         notes.append(_no_patient_note(guessed, len(records)))
     return _Dataset(records, notes, "folders")

@@ -29,6 +29,21 @@ Source = Union[str, Path, bytes, BinaryIO, Image.Image]
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".gif", ".webp", ".pgm", ".ppm",
                   *dicom.DICOM_SUFFIXES)
 
+
+
+def is_image_file(path: str | Path) -> bool:
+    """What a folder search counts as an image: a known suffix, or no suffix and the DICOM magic.
+
+    PACS and modality exports often name films ``IM000001`` with no suffix; only suffix-less
+    files pay the 132-byte read, so a folder of JPEGs is listed as fast as before.
+    """
+    path = Path(path)
+    if path.name.startswith("."):
+        return False
+    suffix = path.suffix.lower()
+    return suffix in IMAGE_SUFFIXES or (suffix == "" and dicom.is_dicom(path))
+
+
 _ORIENTATION = 0x0112  # the EXIF tag that says how to turn the image upright
 
 # What Pillow raises for damaged files; DecompressionBombError (a huge pixel count) is not an OSError.

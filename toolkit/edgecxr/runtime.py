@@ -126,12 +126,12 @@ def _version(metadata, dist: str) -> str:
 def expand_images(paths) -> tuple[list[str], list[tuple[str, str]]]:
     """Files to classify from command-line arguments: files as given, folders by their images.
 
-    Folders are searched recursively (collections keep one sub-folder per class) for the suffixes
-    ``preprocess`` knows. Returns ``(files, problems)``, problems as ``(folder, message)``: a
+    Folders are searched recursively (collections keep one sub-folder per class) for what
+    ``preprocess.is_image_file`` counts (its suffixes, and suffix-less DICOM files). Returns ``(files, problems)``, problems as ``(folder, message)``: a
     folder without images is a problem, not an error, so the other arguments still run. Missing
     files are kept: predicting them reports them.
     """
-    from .preprocess import IMAGE_SUFFIXES
+    from .preprocess import is_image_file
 
     files, problems = [], []
     for arg in paths:
@@ -139,7 +139,7 @@ def expand_images(paths) -> tuple[list[str], list[tuple[str, str]]]:
         if not path.is_dir():
             files.append(str(path))
             continue
-        found = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        found = sorted(p for p in path.rglob("*") if p.is_file() and is_image_file(p))
         if not found:
             problems.append((str(path), f"{path}: no images in this folder"))
         files += [str(p) for p in found]
