@@ -146,17 +146,15 @@ def test_val_loss_as_monitor_keeps_the_lowest_loss():
     assert highest.better(0.6, 0.5) and not highest.better(0.4, 0.5)
 
 
-def test_interrupt_leaves_a_usable_checkpoint(easy_data, tmp_path, monkeypatch):
-    """Ctrl-C during epoch 2 keeps epoch 1's checkpoint, loadable and resumable."""
-    from edgecxr.model import load_run_model
-
+def interrupt_at_epoch(monkeypatch, stop: int) -> None:
+    """Make training raise KeyboardInterrupt (as Ctrl-C would) when epoch ``stop`` begins."""
     original = train_mod.EpochTimer.__new__
 
     def interrupting(cls, keras):
         timer = original(cls, keras)
 
         def on_epoch_begin(epoch, logs=None):
-            if epoch == 1:
+            if epoch == stop:
                 raise KeyboardInterrupt
             timer.t0 = 0.0
 
@@ -164,6 +162,13 @@ def test_interrupt_leaves_a_usable_checkpoint(easy_data, tmp_path, monkeypatch):
         return timer
 
     monkeypatch.setattr(train_mod.EpochTimer, "__new__", interrupting)
+
+
+def test_interrupt_leaves_a_usable_checkpoint(easy_data, tmp_path, monkeypatch):
+    """Ctrl-C during epoch 2 keeps epoch 1's checkpoint, loadable and resumable."""
+    from edgecxr.model import load_run_model
+
+    interrupt_at_epoch(monkeypatch, 1)
     run = tmp_path / "interrupted"
     with pytest.raises(KeyboardInterrupt):
         train_mod.train(TrainConfig(data=str(easy_data), epochs=3, **EASY), run)
@@ -375,23 +380,10 @@ def test_two_stage_fine_tuning_freezes_then_trains_the_backbone(easy_data, tmp_p
         model, _ = load_run_model(run, "last")
         return next(l for l in model.layers if l.name.lower().startswith("mobilenetv3")).get_weights()
 
-    original = train_mod.EpochTimer.__new__
-
-    def interrupting(cls, keras):
-        timer = original(cls, keras)
-
-        def on_epoch_begin(epoch, logs=None):
-            if epoch == 1:
-                raise KeyboardInterrupt
-            timer.t0 = 0.0
-
-        timer.on_epoch_begin = on_epoch_begin
-        return timer
-
     run = tmp_path / "two stage"
     cfg = TrainConfig(data=str(easy_data), epochs=2, head_epochs=1, fine_tune=20,
                       **{**EASY, "weights": str(weights)})
-    monkeypatch.setattr(train_mod.EpochTimer, "__new__", interrupting)
+    interrupt_at_epoch(monkeypatch, 1)
     with pytest.raises(KeyboardInterrupt):
         train_mod.train(cfg, run)
     monkeypatch.undo()
