@@ -99,7 +99,10 @@ def test_a_taken_port_is_refused_before_tensorflow_starts():
             distributed.check_port_free(distributed.WorkerRole("worker", 0, (f"127.0.0.1:{port}",), 0))
 
 
-def test_cli_worker_options_fail_in_one_line(tmp_path):
+def test_cli_worker_options_fail_in_one_line(tmp_path, monkeypatch):
+    # --workers sets TF_CONFIG in this process; setenv makes monkeypatch remove it again afterwards,
+    # so later tests in the same process do not see a cluster.
+    monkeypatch.setenv("TF_CONFIG", "")
     result = CliRunner().invoke(main, ["train", str(tmp_path), "--out", str(tmp_path / "r"), "--workers", "a:1,b:2"])
     assert result.exit_code == 1 and "error: --workers and --worker-index go together" in result.output
     result = CliRunner().invoke(main, ["train", str(tmp_path), "--out", str(tmp_path / "r"), "--workers", "a:1",

@@ -103,7 +103,6 @@ def test_warnings_read_as_one_line_without_the_source_location():
                                         "warning: old API (UserWarning from somepkg)"]
 
 
-@pytest.mark.skip(reason="fails on main after the 2026-12-02 merges; to fix next session (see issue notes)")
 def test_the_cli_shows_warnings_as_one_line(tmp_path):
     # file names without a patient id make `train` warn; the images are junk, so it stops right after
     pytest.importorskip("tensorflow")
