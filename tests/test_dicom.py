@@ -266,30 +266,14 @@ def test_data_check_and_class_folders_read_dicom(tmp_path):
 
 def test_predict_dicom_without_tensorflow(tmp_path):
     """`edgecxr predict x.dcm` on a runtime-only install: TensorFlow and Keras cannot be imported."""
-    import os
-    import subprocess
-    import sys
-    import textwrap
+    from no_tensorflow import run_without_tensorflow
 
     path = write_dicom(tmp_path / "x.dcm", film(96).astype(np.uint16) * 16)
-    script = textwrap.dedent(
+    done = run_without_tensorflow(
         """
-        import sys
-
-        class BlockTensorFlow:
-            def find_spec(self, name, path=None, target=None):
-                if name.split(".")[0] in ("tensorflow", "tf_keras", "keras"):
-                    raise ImportError(f"blocked import of {name}")
-                return None
-
-        sys.meta_path.insert(0, BlockTensorFlow())
         from edgecxr.cli import main
         main(["predict", "--json", "--model", sys.argv[1], sys.argv[2]])
-        """
-    )
-    env = {k: v for k, v in os.environ.items() if k != "EDGECXR_MODEL"}
-    done = subprocess.run([sys.executable, "-c", script, str(SHIPPED_MODEL), path],
-                          capture_output=True, text=True, timeout=120, env=env)
+        """, SHIPPED_MODEL, path)
     assert done.returncode == 0, done.stderr
     record = json.loads(done.stdout.strip().splitlines()[-1])
     assert record["file"] == path and record["label"] in record["probabilities"]

@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
-import textwrap
 import types
 from pathlib import Path
 
@@ -21,6 +18,7 @@ from edgecxr.errors import ImageError, MissingExtraError, ModelFileError
 from edgecxr.preprocess import load_image
 from edgecxr.runtime import Classifier
 from edgecxr.spec import ModelSpec, embed_spec, sidecar_path
+from no_tensorflow import run_without_tensorflow
 
 
 def _write_images(folder: Path, images: np.ndarray, labels) -> list[Path]:
@@ -54,17 +52,9 @@ def _odd_images(folder: Path) -> dict[str, Path]:
 def test_runtime_predicts_and_benches_with_tensorflow_unimportable(tiny_tflite, tmp_path):
     image = tmp_path / "chest.png"
     Image.fromarray(tiny_tflite.images[1]).save(image)
-    script = textwrap.dedent(
+    done = run_without_tensorflow(
         """
-        import json, sys
-
-        class BlockTensorFlow:
-            def find_spec(self, name, path=None, target=None):
-                if name.split(".")[0] in ("tensorflow", "tf_keras", "keras"):
-                    raise ImportError(f"blocked import of {name}")
-                return None
-
-        sys.meta_path.insert(0, BlockTensorFlow())
+        import json
         from edgecxr.bench import bench
         from edgecxr.runtime import Classifier
 
@@ -77,13 +67,7 @@ def test_runtime_predicts_and_benches_with_tensorflow_unimportable(tiny_tflite, 
             "bench_status": report.rows[0].status,
             "tensorflow_loaded": any(m.split(".")[0] in ("tensorflow", "tf_keras") for m in sys.modules),
         }))
-        """
-    )
-    env = {k: v for k, v in os.environ.items() if k != "EDGECXR_MODEL"}
-    done = subprocess.run(
-        [sys.executable, "-c", script, str(tiny_tflite.uint8), str(image)],
-        capture_output=True, text=True, timeout=120, env=env,
-    )
+        """, tiny_tflite.uint8, image)
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result == {
