@@ -1,15 +1,17 @@
 #!/usr/bin/env python
 """Does int8 pay on this CPU, and why (not)? Interleaved timing plus load-independent instruction counts.
 
-    python benchmarks/int8_speed.py                    # writes benchmarks/INT8_SPEED.md (--force to replace)
-    python benchmarks/int8_speed.py --rounds 5 --calls 300 --out /tmp/x.md
+    python benchmarks/int8_speed.py --int8 I.tflite --float32 F.tflite   # writes benchmarks/INT8_SPEED.md (--force)
+    python benchmarks/int8_speed.py --int8 I.tflite --float32 F.tflite --rounds 5 --calls 300 --out /tmp/x.md
 
 Files timed side by side in one process, interleaved (every round times every file, in a fresh
 random order, `--calls` invokes each; a round's p50 per file is reported, so load changes hit every
 file alike):
 
-- the shipped pair, models/edgecxr_int8.tflite (uint8 I/O) and models/edgecxr_float32.tflite, and the
-  shipped int8 with XNNPACK off (the TFLite reference kernels);
+- an int8 file and its float32 twin (`--int8`, `--float32`; INT8_SPEED.md timed the minimalistic pair
+  shipped until 2026-12-02, which `git show 2fd8fa3:models/edgecxr_int8.tflite` and
+  `git show 2fd8fa3:models/edgecxr_float32.tflite` bring back), and the int8 file with XNNPACK off
+  (the TFLite reference kernels);
 - untrained MobileNetV3Small variants built here (latency does not depend on the weights' values,
   only on the graph; accuracy is NOT measured for them): minimalistic and standard (hard-swish,
   squeeze-excite) at 160 px as float32, float16 weights, int8 with uint8 / int8 / float32 I/O and int8
@@ -181,6 +183,8 @@ def main() -> int:
     ap.add_argument("--calls", type=int, default=300)
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "INT8_SPEED.md"))
     ap.add_argument("--force", action="store_true")
+    ap.add_argument("--int8", required=True, help="an int8 .tflite with uint8 I/O (see the docstring)")
+    ap.add_argument("--float32", required=True, help="its float32 twin")
     args = ap.parse_args()
     out = Path(args.out)
     if out.exists() and not args.force:
@@ -193,8 +197,11 @@ def main() -> int:
     started = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     loads = [os.uptime() if hasattr(os, "uptime") else None, os.getloadavg()]
     workdir = Path(tempfile.mkdtemp(prefix="edgecxr-int8-speed-"))
-    shipped = {"shipped int8 (uint8 I/O)": REPO / "models" / "edgecxr_int8.tflite",
-               "shipped float32": REPO / "models" / "edgecxr_float32.tflite"}
+    shipped = {"shipped int8 (uint8 I/O)": Path(args.int8), "shipped float32": Path(args.float32)}
+    for path in shipped.values():
+        if not path.is_file():
+            print(f"error: {path}: not found", file=sys.stderr)
+            return 1
     variants = build_variants(workdir, args.data, log)
     files = {k: (p, True) for k, p in shipped.items()}
     files["shipped int8, XNNPACK off"] = (shipped["shipped int8 (uint8 I/O)"], False)

@@ -6,7 +6,7 @@
 #
 #   sudo bash benchmarks/pi_check.sh [MODEL.tflite ...]
 #
-# MODEL defaults to the shipped models/edgecxr_int8.tflite; when that does not exist yet, two small
+# MODEL defaults to the shipped models/edgecxr_float16.tflite; when that does not exist yet, two small
 # test models (MobileNetV3Small minimalistic, 96 px, int8 and float32, briefly trained on synthetic
 # images) are made on x86 with TensorFlow and used instead, and the report says so.
 #
@@ -672,14 +672,14 @@ main() {
     if (($#)); then
         for m in "$@"; do [[ -f $m ]] || die "model not found: $m"; MODELS+=("$(realpath "$m")"); done
         MODEL_ORIGIN="given on the command line: $*"
-    elif [[ -f $REPO/models/edgecxr_int8.tflite ]]; then
-        MODELS=("$REPO/models/edgecxr_int8.tflite")
-        MODEL_ORIGIN="the shipped models/edgecxr_int8.tflite"
+    elif [[ -f $REPO/models/edgecxr_float16.tflite ]]; then
+        MODELS=("$REPO/models/edgecxr_float16.tflite")
+        MODEL_ORIGIN="the shipped models/edgecxr_float16.tflite"
     else
         step test-models "no shipped model yet: make test models on x86 (TensorFlow)" make_test_models
         passed || die "could not make test models"
         MODELS=("$PI_WORK/test-models/test_mnv3s96_int8.tflite" "$PI_WORK/test-models/test_mnv3s96_float32.tflite")
-        MODEL_ORIGIN="models/edgecxr_int8.tflite did not exist yet, so two test models made by this script (MobileNetV3Small minimalistic, 96 px, histogram equalization, 6 epochs on synthetic images; int8 with uint8 I/O, and float32)"
+        MODEL_ORIGIN="models/edgecxr_float16.tflite did not exist yet, so two test models made by this script (MobileNetV3Small minimalistic, 96 px, histogram equalization, 6 epochs on synthetic images; int8 with uint8 I/O, and float32)"
     fi
 
     step host-tools "debootstrap, qemu-user-static, binfmt-support on the host" host_tools

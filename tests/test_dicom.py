@@ -15,6 +15,7 @@ from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, JPEGLSLossless
 
 from edgecxr.errors import ImageError  # noqa: E402
 from edgecxr.preprocess import NOT_XRAY_FLAT, load_image, xray_warning  # noqa: E402
+from edgecxr.runtime import default_model_path  # noqa: E402
 from synthetic import synthetic_image  # noqa: E402
 
 PATIENT_NAME = "Doe^Jane"
@@ -204,7 +205,7 @@ def test_flat_dicom_gets_the_same_warning(tmp_path):
     assert xray_warning(load_image(flat, 32)) == NOT_XRAY_FLAT
 
 
-SHIPPED_MODEL = __import__("pathlib").Path(__file__).resolve().parents[1] / "models" / "edgecxr_int8.tflite"
+SHIPPED_MODEL = default_model_path()
 
 
 def test_same_film_same_label_as_png_and_no_patient_id_anywhere(tmp_path):

@@ -48,7 +48,7 @@ def test_the_default_results_folder_is_ignored_by_git():
     repo = Path(__file__).resolve().parents[1]
     if shutil.which("git") is None or not (repo / ".git").exists():
         pytest.skip("not a git checkout")
-    done = subprocess.run(["git", "check-ignore", "-q", "eval-edgecxr_int8-test/metrics.json"], cwd=repo)
+    done = subprocess.run(["git", "check-ignore", "-q", "eval-edgecxr_float16-test/metrics.json"], cwd=repo)
     assert done.returncode == 0
 
 

@@ -48,7 +48,7 @@ def test_ship_script_trains_the_recipe_that_matches_the_shipped_model():
     named = re.findall(r"--config (benchmarks/recipes/[\w.-]+\.json)", script)
     assert len(named) == 1, named
     cfg = TrainConfig.load(ROOT / named[0])
-    for model in ("edgecxr_int8.tflite", "edgecxr_float32.tflite"):
+    for model in ("edgecxr_float16.tflite", "edgecxr_float32.tflite"):
         spec = read_spec(ROOT / "models" / model)
         assert spec.image_size == cfg.image_size
         assert spec.architecture == "MobileNetV3" + cfg.architecture.capitalize()

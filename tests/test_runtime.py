@@ -361,11 +361,10 @@ def test_an_image_over_pillows_pixel_limit_is_called_too_large(tmp_path, monkeyp
         load_image(path, 32)
 
 
-@pytest.mark.parametrize("io_dtype", ["uint8", "int8", "shipped"])
+@pytest.mark.parametrize("io_dtype", ["uint8", "int8"])
 def test_quantizing_by_lookup_table_equals_the_arithmetic_for_every_pixel_value(tiny_tflite, io_dtype):
-    """The tiny models have real scales (a table); the shipped one has scale 1, zero point 0 (identity)."""
-    shipped = Path(__file__).resolve().parents[1] / "models" / "edgecxr_int8.tflite"
-    clf = Classifier(shipped if io_dtype == "shipped" else getattr(tiny_tflite, io_dtype))
+    """The tiny models' inputs have real scales and zero points, so the table is not the identity."""
+    clf = Classifier(getattr(tiny_tflite, io_dtype))
     io_dtype = np.dtype(clf.input_details["dtype"]).name
     every = np.arange(256, dtype=np.uint8).reshape(1, 16, 16, 1).repeat(3, axis=3)
     np.testing.assert_array_equal(clf.to_input(every), clf._quantize(every))
@@ -388,3 +387,29 @@ def test_predict_warns_on_a_flat_grey_image_and_still_predicts(tiny_tflite, tmp_
     records = [json.loads(line) for line in CliRunner().invoke(main, [*args, "--json"]).stdout.splitlines()]
     assert [r["warning"] for r in records] == [NOT_XRAY_FLAT, ""]
     assert Classifier(tiny_tflite.uint8).predict(str(flat)).warning == NOT_XRAY_FLAT
+
+
+def test_the_android_bundle_holds_every_module_the_app_imports(tiny_tflite, tmp_path):
+    """prepare_android copies runtime_modules() only; the app's imports must all work from that copy."""
+    import importlib.util
+    import shutil
+
+    spec = importlib.util.spec_from_file_location(
+        "prepare_android", Path(__file__).resolve().parents[1] / "mobile_app" / "prepare_android.py")
+    prepare = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(prepare)
+    assert prepare.MODEL_NAME == runtime.DEFAULT_MODEL_NAME
+    (tmp_path / "edgecxr").mkdir()
+    for name in prepare.runtime_modules():
+        shutil.copy2(prepare.PACKAGE / name, tmp_path / "edgecxr" / name)
+    image = tmp_path / "chest.png"
+    Image.fromarray(tiny_tflite.images[0]).save(image)
+    done = run_without_tensorflow(
+        """
+        sys.path.insert(0, sys.argv[1])
+        import edgecxr.runtime, edgecxr.saliency, edgecxr.dicom, edgecxr.io, edgecxr.errors, edgecxr.preprocess
+        assert edgecxr.runtime.__file__.startswith(sys.argv[1]), edgecxr.runtime.__file__
+        print(edgecxr.runtime.Classifier(sys.argv[2]).predict(sys.argv[3]).label)
+        """, tmp_path, tiny_tflite.uint8, image)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == Classifier(tiny_tflite.uint8).predict(str(image)).label

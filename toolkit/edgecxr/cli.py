@@ -210,7 +210,7 @@ def export(run_dir, quantize, io, force, max_drop, representative, keep_float, q
 @main.command()
 @click.argument("images", nargs=-1, required=True, type=click.Path())
 @click.option("--model", "model_path", type=click.Path(dir_okay=False),
-              help="A .tflite model (default: $EDGECXR_MODEL, else the shipped models/edgecxr_int8.tflite).")
+              help="A .tflite model (default: $EDGECXR_MODEL, else the shipped models/edgecxr_float16.tflite).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line and image (JSON Lines).")
 @click.option("--threads", type=click.IntRange(min=1), help="Interpreter threads (default: the interpreter's).")
 @friendly_errors

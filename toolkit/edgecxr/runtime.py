@@ -6,7 +6,7 @@ TensorFlow. Labels, input size and value range come from the model's own spec (`
 and images go through ``edgecxr.preprocess.load_image``, the very function training used, so the
 deployed model sees what it was trained on.
 
-    >>> clf = Classifier("models/edgecxr_int8.tflite")
+    >>> clf = Classifier("models/edgecxr_float16.tflite")
     >>> clf.predict("chest.jpg").label
     'normal'
 """
@@ -26,7 +26,7 @@ from .preprocess import load_image, xray_warning
 from .quiet import filtered_stderr
 from .spec import ModelSpec, read_spec
 
-DEFAULT_MODEL_NAME = "edgecxr_int8.tflite"
+DEFAULT_MODEL_NAME = "edgecxr_float16.tflite"
 MODEL_ENV = "EDGECXR_MODEL"
 # A TFLite flatbuffer carries its file identifier at bytes 4..8.
 TFLITE_IDENTIFIER = b"TFL3"
