@@ -474,3 +474,34 @@ def test_cli_data_check_bad_data_is_one_line_error(tmp_path, which):
     assert isinstance(result.exception, SystemExit)  # a clean exit, not an escaped exception
     errors = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(errors) == 1 and errors[0].startswith("error: ")
+
+
+@pytest.mark.parametrize("how", ["empty folder", "no folder"])
+def test_check_data_refuses_a_class_without_images(tmp_path, how):
+    """A class folder left empty (or missing) used to pass as 'usable: yes' with 3 labels."""
+    root = make_dataset(tmp_path / "three", per_class=4, size=32)
+    shutil.rmtree(root / "Virus")
+    if how == "empty folder":
+        (root / "Virus").mkdir()
+    report = data.check_data(root)
+    assert not report.usable
+    assert report.problems == [
+        "no images of class viral (images per class: normal 4, covid19 4, bacterial 4, viral 0); add images "
+        "of viral, or train without it: --set 'class_names=[\"normal\", \"covid19\", \"bacterial\"]'"]
+    assert "usable: NO" in report.to_text()
+    result = CliRunner().invoke(main, ["data", "check", str(root)])
+    assert result.exit_code == 1 and "usable: NO" in result.stdout
+    errors = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(errors) == 1 and errors[0].startswith("error: ") and "class viral" in errors[0]
+
+
+def test_empty_class_problem_counts_the_training_split():
+    """Training asks the same question of its training split: images only in val count for nothing."""
+    records = [Record(f"/d/{label}{i}.png", label, f"{label}{i}") for label in CLASSES for i in range(2)]
+    splits = ["val" if r.label == "covid19" else "train" for r in records]
+    assert data.empty_class_problem(records) is None
+    problem = data.empty_class_problem(records, CLASSES, splits)
+    assert problem.startswith("no training images of class covid19 (training images per class: normal 2, "
+                              "covid19 0, bacterial 2, viral 2)")
+    partial = [*records, Record("/d/p.png", "pneumonia_unspecified", "p")]
+    assert "class covid19" in data.empty_class_problem(partial, CLASSES, [*splits, "train"])

@@ -199,6 +199,32 @@ def test_cli_errors_are_one_line(tmp_path):
         assert result.output.count("\n") == 1 and not (tmp_path / "r3").exists()
 
 
+def test_train_refuses_a_class_without_training_images(tmp_path, monkeypatch):
+    """An empty viral/ folder used to give a 4-class model that never saw a viral film (exit 0)."""
+    import shutil
+
+    from edgecxr import data as data_mod
+
+    root = make_dataset(tmp_path / "no viral", per_class=4, size=32)
+    shutil.rmtree(root / "Virus")
+    (root / "Virus").mkdir()
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("images were loaded before the empty class was refused")
+
+    monkeypatch.setattr(data_mod, "load_split_arrays", no_loading)
+    run = tmp_path / "run"
+    result = CliRunner().invoke(main, ["train", str(root), "--out", str(run), "--weights", "none", "--epochs", "1",
+                                       "--image-size", "32"])
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output and isinstance(result.exception, SystemExit)
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error")]
+    assert errors == [result.stderr.strip().splitlines()[-1]] and len(errors) == 1
+    assert errors[0].startswith("error: no training images of class viral (training images per class: normal ")
+    assert "viral 0" in errors[0]
+    assert not run.exists()  # no half-made run left behind
+
+
 def test_oversampling_balances_classes_and_age_groups():
     records = ([Record(f"/n{i}", "normal", f"n{i}", "kermany", "pediatric") for i in range(300)]
                + [Record(f"/a{i}", "normal", f"a{i}", "nih", "adult") for i in range(60)]

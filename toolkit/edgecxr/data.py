@@ -433,6 +433,42 @@ def load_records(
     return records
 
 
+def images_per_class(records: Sequence[Record], class_names: Sequence[str] = CLASS_NAMES,
+                      splits: Sequence[str] | None = None, split: str = "train") -> dict[str, int]:
+    """Fully labelled images of each class, in ``class_names`` order; of one ``split`` when ``splits``
+    is given. Partial-label images (pneumonia without a subtype) count for no class: they cannot
+    teach a class the model has never been shown."""
+    chosen = records if splits is None else [r for r, s in zip(records, splits) if s == split]
+    by_label = Counter(r.label for r in chosen)
+    return {name: by_label[name] for name in class_names}
+
+
+def empty_class_problem(records: Sequence[Record], class_names: Sequence[str] = CLASS_NAMES,
+                        splits: Sequence[str] | None = None) -> str | None:
+    """Why these records cannot train a model of ``class_names``, or None when every class has images.
+
+    Training and ``edgecxr data check`` both ask this (one rule, one message). Why it is an error and
+    not a note: a model built with a class it never saw still has an output for it, trains and
+    exports without complaint, and is silently wrong about that class forever. With ``splits`` the
+    training split is counted (a class whose only patient landed in val or test is as absent).
+    """
+    counts = images_per_class(records, class_names, splits)
+    empty = [name for name, n in counts.items() if n == 0]
+    if not empty:
+        return None
+    where = "training images" if splits is not None else "images"
+    kept = [name for name in class_names if name not in empty]
+    per_class = ", ".join(f"{name} {n}" for name, n in counts.items())
+    if not kept:
+        fix = "check the class folder names or the manifest's labels"
+    else:
+        fix = f"add images of {' and '.join(empty)}" + (
+            f", or train without {'them' if len(empty) > 1 else 'it'}: --set 'class_names={json.dumps(kept)}'"
+            if len(kept) >= 2 else "")
+    return (f"no {where} of class{'es' if len(empty) > 1 else ''} {', '.join(empty)} "
+            f"({where} per class: {per_class}); {fix}")
+
+
 def representative_sample(records: Sequence, n: int, seed: int = 0) -> list[int]:
     """Indices of up to ``n`` records drawn evenly across (label, source) strata (int8 calibration).
 
@@ -877,6 +913,10 @@ def _find_problems(report: DataReport, readable: Sequence[Record], n_images: int
         report.problems.append(
             f"only one class with readable images ({', '.join(labels)}); training needs at least 2"
         )
+    if classes:  # a set of partial labels only is extra data, noted below
+        problem = empty_class_problem(readable)
+        if problem:
+            report.problems.append(problem)
     if not classes:
         report.notes.append(
             f"only partial labels ({', '.join(sorted(labels))}): use this set as extra data or for "

@@ -64,6 +64,9 @@ def prepare_splits(cfg: TrainConfig, run_dir: Path, out: Path | None = None):
         split_seed = cfg.seed if cfg.split_seed < 0 else cfg.split_seed
         splits = data_mod.split_by_patient(records, cfg.val_fraction, cfg.test_fraction, split_seed)
     data_mod.check_leakage(records, splits)
+    problem = data_mod.empty_class_problem(records, cfg.class_names, splits)
+    if problem:  # before any image is loaded or a model built
+        raise DataError(problem)
     data_mod.save_splits((out or run_dir) / "splits.csv", records, splits)
     return records, splits
 
