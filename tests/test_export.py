@@ -334,6 +334,61 @@ def test_cli_run_without_splits_is_a_one_line_error(tmp_path, tiny_run):
     assert_one_line_error(cli(no_splits, "--quantize", "none"), "no splits.csv")
 
 
+def one_class_run(tiny_run, where):
+    """A copy of the tiny run whose checkpoint calls every image covid19 (the output layer's kernel
+    zeroed, its bias pinned): the useless model a run that collapses to one class produces."""
+    from edgecxr.model import load_run_model
+
+    run = where / "one class run"
+    shutil.copytree(tiny_run, run)
+    model, cfg = load_run_model(run)
+    layer = model.get_layer("probabilities")
+    kernel, bias = layer.get_weights()
+    layer.set_weights([np.zeros_like(kernel), np.eye(len(bias))[cfg.class_names.index("covid19")] * 10])
+    model.save_weights(str(run / "checkpoints" / "best.weights.h5"))
+    return run
+
+
+def test_cli_refuses_a_useless_model_unless_forced(tmp_path, tiny_run):
+    """One class for everything passed the guard and got a model card with next: hints."""
+    run = one_class_run(tiny_run, tmp_path)
+    refused = cli(run, "--quantize", "none")
+    assert_one_line_error(refused, "this model looks useless: it never predicts normal, bacterial, viral on 16 "
+                                   "validation images", "macro sensitivity 0.250 is at chance", "--force")
+    assert not (run / "export").exists()
+
+    forced = cli(run, "--quantize", "none", "--force")
+    assert forced.exit_code == 0, forced.output
+    assert "next:" not in forced.output
+    assert "warning: this model looks useless: it never predicts normal" in forced.stderr
+    card = (run / "export" / "MODEL_CARD.md").read_text()
+    assert "**Warning: this model looks useless: it never predicts normal, bacterial, viral" in card
+    assert "next:" not in card
+    spec = read_spec(run / "export" / "edgecxr_float32.tflite")
+    assert spec.notes["useless"][0].startswith("it never predicts normal")
+
+
+def test_train_ends_with_a_warning_for_a_useless_model(tmp_path, tiny_run):
+    """train.finish (the end of every run) warns instead of suggesting the export."""
+    import tf_keras as keras
+
+    from edgecxr import train as train_mod
+    from edgecxr.config import TrainConfig
+    from edgecxr.data import Record
+
+    images, labels = held_out_images(n=16)
+    records = [Record(f"/val/{i}.png", CLASSES[c], f"p{i}") for i, c in enumerate(labels)]
+    val = train_mod.SplitArrays(images, np.eye(4, dtype=np.float32)[labels], records, list(CLASSES))
+    for run, useless in ((one_class_run(tiny_run, tmp_path), True), (tiny_run, False)):
+        copy = tmp_path / f"finish {useless}"
+        shutil.copytree(run, copy)
+        cfg = TrainConfig.load(copy / "config.json")
+        summary = train_mod.finish(copy, cfg, val, keras, train_images=48, fit_seconds=1.0, steps=3,
+                                   global_batch=16, epochs_run=1)
+        assert ("warning: this model looks useless: it never predicts normal, bacterial, viral" in summary) == useless
+        assert ("next: edgecxr export" in summary) != useless
+
+
 def test_cli_rejects_flags_by_name(tmp_path):
     assert_one_line_error(cli(tmp_path, "--quantize", "float16", "--io", "uint8"), "--io uint8")
     assert_one_line_error(cli(tmp_path, "--quantize", "dynamic", "--representative", "10"), "--representative")

@@ -310,3 +310,27 @@ def test_metrics_module_imports_no_tensorflow():
             "print(bad); sys.exit(1 if bad else 0)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_useless_reasons_name_a_class_never_predicted_and_chance_macro_sensitivity(eight):
+    from edgecxr.metrics import useless_reasons
+
+    assert useless_reasons(eight) == []  # every class called, macro sensitivity 0.625
+    one_class = evaluate_predictions(Y8, probs_for([1] * 8, [0.9] * 8), NAMES)
+    assert useless_reasons(one_class) == [
+        "it never predicts normal, bacterial, viral on 8 validation images",
+        "its macro sensitivity 0.250 is at chance (1/4 = 0.250, +0.05 margin)",
+    ]
+    # every class is called, but no better than chance: right on 3 of 8, one per class at most
+    shuffled = evaluate_predictions(Y8, probs_for([1, 0, 2, 3, 0, 1, 2, 3], [0.9] * 8), NAMES)
+    assert shuffled["macro"]["sensitivity"] == pytest.approx(0.25)
+    assert useless_reasons(shuffled) == ["its macro sensitivity 0.250 is at chance (1/4 = 0.250, +0.05 margin)"]
+    # a class called only on partial-label images is still predicted
+    partial = evaluate_predictions(Y8 + [-1], probs_for(PRED8 + [2], CONF8 + [0.9]), NAMES,
+                                   partial_labels=[""] * 8 + ["pneumonia_unspecified"])
+    assert useless_reasons(partial) == []
+    no_bacterial = [0, 1, 1, 1, 0, 3, 3, 0]
+    assert useless_reasons(evaluate_predictions(Y8, probs_for(no_bacterial, CONF8), NAMES)) == [
+        "it never predicts bacterial on 8 validation images"]
+    assert useless_reasons(evaluate_predictions(Y8 + [-1], probs_for(no_bacterial + [2], CONF8 + [0.9]), NAMES,
+                                                partial_labels=[""] * 8 + ["pneumonia_unspecified"])) == []

@@ -25,6 +25,8 @@ def render_model_card(spec: ModelSpec, guard: GuardReport, *, cfg=None, model_fi
         "**Research prototype, not a medical device.** It has not been evaluated clinically and must "
         "not be used to diagnose, triage or treat anyone.",
         "",
+        *([f"**Warning: {metrics_mod.useless_warning(notes['useless'])}.** It was exported only because "
+           "`--force` was given; do not deploy it.", ""] if notes.get("useless") else []),
         "## Model",
         "",
         f"- File: `{model_file}` ({mb(size_bytes)}), edgecxr {spec.version}; spec embedded in the file "

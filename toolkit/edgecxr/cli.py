@@ -175,7 +175,9 @@ def evaluate(target, data, split, splits_file, extra_data, out, threads, as_json
               help="none = float32; float16 weights; dynamic = int8 weights; int8 = full integer (calibrated).")
 @click.option("--io", type=click.Choice(["uint8", "int8", "float32"]),
               help="Input/output tensor type, --quantize int8 only (default uint8).")
-@click.option("--force", is_flag=True, help="Overwrite an existing export of the same name.")
+@click.option("--force", is_flag=True,
+              help="Overwrite an existing export of the same name; export a model that looks useless "
+                   "(one class never predicted, or chance macro sensitivity on validation).")
 @click.option("--max-drop", default=DEFAULT_MAX_DROP, show_default=True, type=float,
               help="Accuracy points the export may lose vs Keras, in total and in any subgroup.")
 @click.option("--representative", type=click.IntRange(min=1),
@@ -201,7 +203,10 @@ def export(run_dir, quantize, io, force, max_drop, representative, keep_float, q
     result = run_export(run_dir, quantize, io=io, force=force, max_drop=max_drop, representative=representative,
                         keep_float=keep_float, qat_epochs=qat_epochs, data=data)
     click.echo(result.summary_line())
-    click.echo("next: " + "\n      ".join(result.next_commands()))
+    if result.warning:
+        click.echo(f"warning: {result.warning}; exported only because of --force", err=True)
+    else:
+        click.echo("next: " + "\n      ".join(result.next_commands()))
 
 
 # --- predict / bench (edgecxr.runtime, edgecxr.bench) ------------------------------------------

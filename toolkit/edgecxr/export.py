@@ -109,7 +109,7 @@ class ExportOptions:
 
     quantize: str = "int8"
     io: str | None = None  # input/output tensor type; int8 mode only (default uint8)
-    force: bool = False
+    force: bool = False  # overwrite an existing export; export a model metrics.useless_reasons calls useless
     max_drop: float = DEFAULT_MAX_DROP  # accuracy points the export may lose, in total and per subgroup
     representative: int | None = None  # calibration images (int8 only; default 200)
     keep_float: str | Sequence[str] | None = None  # "auto", "auto:K" or layer names (int8 only)
@@ -232,7 +232,15 @@ class ExportResult:
                 f"{self.spec.io_dtype} I/O) in {self.seconds:.1f} s: {self.guard.split} accuracy "
                 f"{pct(g.tflite)} (Keras {pct(g.keras)}), top-1 agreement {pct(g.agreement)}")
 
+    @property
+    def warning(self) -> str:
+        """Empty, or why this model is useless (exported only because of --force)."""
+        return metrics_mod.useless_warning(self.notes["useless"]) if self.notes.get("useless") else ""
+
     def next_commands(self) -> list[str]:
+        """Commands to try with the file; none for a useless model (nothing is worth doing with it)."""
+        if self.warning:
+            return []
         bench = ["edgecxr", "bench", str(self.path), "--data", self.data_args[0]]
         for extra in self.data_args[1:]:
             bench += ["--extra-data", extra]
@@ -249,7 +257,8 @@ def export(run_dir: str | Path, quant: str | ExportOptions = "int8", *,
 
     ``quant`` is a mode name (``none``, ``float16``, ``dynamic``, ``int8``) with keyword options
     (see :class:`ExportOptions`), or an ExportOptions. Progress and the guard table go to ``log``
-    (stderr by default). Raises OutputExistsError without ``force`` when the export exists,
+    (stderr by default). Raises OutputExistsError without ``force`` when the export exists, or
+    EdgeCXRError when the Keras model is useless on validation (:func:`metrics.useless_reasons`),
     GuardError when the exported model loses more than ``max_drop`` accuracy points, and
     ModelFileError / DataError for a run directory or data it cannot use.
     """
@@ -267,6 +276,13 @@ def export(run_dir: str | Path, quant: str | ExportOptions = "int8", *,
     # The reference, computed before anything (QAT shares layers with it) can touch the model.
     guard_data.keras_probs = keras_probabilities(model, guard_data.val_images)
     notes: dict = {"quantize": {"mode": opts.quantize, "io": opts.io, "summary": opts.mode.summary}}
+    useless = _useless_reasons(guard_data, cfg)
+    if useless and not opts.force:
+        raise EdgeCXRError(f"{metrics_mod.useless_warning(useless)} (the run's best checkpoint on its validation "
+                           "split): not exporting it; retrain (edgecxr data check DATA first), or pass --force to "
+                           "export it anyway")
+    if useless:
+        notes["useless"] = useless  # in the file's spec and on the model card
     convert_model = _graph_for_conversion(model, run_dir, cfg, opts, notes, log)
     tflite = convert(convert_model, cfg, opts, guard_data, notes, log)
     notes["xnnpack"] = delegation_note(tflite)
@@ -300,6 +316,14 @@ def export(run_dir: str | Path, quant: str | ExportOptions = "int8", *,
                                               notes=notes))
     return ExportResult(out_path, spec, guard, size, time.time() - t0, latency, sidecar_path(out_path), card,
                         run_dir, guard_data.data_args, "test" if "test" in guard_data.splits else "val", notes)
+
+
+def _useless_reasons(guard_data: GuardData, cfg) -> list[str]:
+    """metrics.useless_reasons for the Keras model on the validation split, before any conversion."""
+    from .evaluate import score
+
+    return metrics_mod.useless_reasons(score(guard_data.val_records, guard_data.keras_probs, cfg.class_names,
+                                             cfg.partial_labels))
 
 
 def _write_model(path: Path, tflite: bytes, spec: ModelSpec) -> None:

@@ -468,6 +468,47 @@ def _not_called(called: np.ndarray, cls: int) -> dict:
     return proportion((called != cls).sum(), len(called))
 
 
+# Macro sensitivity (balanced accuracy) this close to chance, or below, counts as no skill; see useless_reasons.
+CHANCE_MARGIN = 0.05
+
+
+def useless_reasons(metrics: dict) -> list[str]:
+    """Why a model scored by :func:`evaluate_predictions` (on validation) is useless; empty if it is not.
+
+    Two signs, either enough: a class the model never predicts (on any image, partial labels
+    included), and macro sensitivity at or below chance, ``1 / classes`` plus :data:`CHANCE_MARGIN`.
+    A model that calls everything one class has exactly chance macro sensitivity and passes the
+    accuracy guard (its int8 copy agrees perfectly), so train, export and the model card used to
+    present it like any other. The margin, 5 points: guessing at random on a validation split of
+    ~50 images per class gives per-class sensitivities with a standard deviation of about 6 points
+    (sqrt(p(1 - p) / 50), p = 1/4), so their mean over four classes varies by about 3; 5 points is
+    well outside that noise, and far below what any model that learned something scores here
+    (models/MODEL_CARD.md: 0.818 on the validation split).
+    """
+    names = list(metrics.get("class_names") or [])
+    if not names or not metrics.get("n"):
+        return []
+    reasons = []
+    predicted = {name: metrics["per_class"][name]["predicted"] for name in names}
+    for partial in (metrics.get("partial_labels") or {}).values():
+        for name, count in partial["predicted"].items():
+            predicted[name] = predicted.get(name, 0) + count
+    never = [name for name in names if predicted.get(name, 0) == 0]
+    if never:
+        reasons.append(f"it never predicts {', '.join(never)} on {metrics['n']} validation images")
+    macro = (metrics.get("macro") or {}).get("sensitivity")
+    chance = 1.0 / len(names)
+    if macro is not None and macro <= chance + CHANCE_MARGIN:
+        reasons.append(f"its macro sensitivity {macro:.3f} is at chance (1/{len(names)} = {chance:.3f}, "
+                       f"+{CHANCE_MARGIN:g} margin)")
+    return reasons
+
+
+def useless_warning(reasons: Sequence[str]) -> str:
+    """The one sentence train, export and the model card print for a useless model."""
+    return "this model looks useless: " + "; ".join(reasons)
+
+
 # --- tables shared by the terminal report and report.md -------------------------------------------
 
 

@@ -908,5 +908,10 @@ def finish(run_dir: Path, cfg: TrainConfig, val: SplitArrays, keras, train_image
     acc = metrics["accuracy"]
     lo, hi = acc.get("ci", [None, None])
     ci = f" (95% CI {lo:.1%}-{hi:.1%})" if lo is not None else ""
-    return (f"done: {run_dir} | val accuracy {acc['value']:.1%}{ci} on {len(val.images)} images | "
-            f"{epochs_run} epoch{'s' if epochs_run != 1 else ''}, {per_epoch:.1f} s/epoch (mean) | next: edgecxr export {run_dir} --quantize int8")
+    done = (f"done: {run_dir} | val accuracy {acc['value']:.1%}{ci} on {len(val.images)} images | "
+            f"{epochs_run} epoch{'s' if epochs_run != 1 else ''}, {per_epoch:.1f} s/epoch (mean)")
+    reasons = metrics_mod.useless_reasons(metrics) if len(val.images) else []
+    if reasons:  # no "next: export" for a model that predicts one class for everything
+        return (f"{done}\nwarning: {metrics_mod.useless_warning(reasons)}; edgecxr export refuses it without "
+                "--force (train longer, check the data with edgecxr data check, or change the recipe)")
+    return f"{done} | next: edgecxr export {run_dir} --quantize int8"
