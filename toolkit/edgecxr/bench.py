@@ -36,6 +36,7 @@ import numpy as np
 
 from . import DEFAULT_MAX_DROP
 from .errors import DataError, EdgeCXRError, ImageError, MissingExtraError, ModelFileError
+from .fingerprint import count_training_images, training_note
 from .progress import progress as progress_bar
 from .tables import md_table, text_table
 
@@ -116,6 +117,8 @@ class BenchRow:
     covid_sensitivity: float | None = None
     n_images: int = 0
     n_unreadable: int = 0
+    # scored images that are the model's own training images (edgecxr.fingerprint); None: no fingerprint
+    training_images: int | None = None
     metrics: dict | None = None
 
     def flat(self) -> dict:
@@ -330,6 +333,8 @@ def bench(
                              (data, extra, splits_file))
     notes += [f"{r.name}: {r.n_unreadable} unreadable image(s) skipped, {r.n_images} scored"
               for r in rows if r.n_unreadable and r.metrics]
+    notes += [f"{training_note(r.training_images, r.n_images)} ({r.name})"
+              for r in rows if r.training_images and r.metrics]
 
     sizes = sorted({r.image_size for r in rows if r.image_size})
     xnn = {r.xnnpack for r in rows if r.status == "ok" and not r.engine.startswith("onnxruntime")}
@@ -475,6 +480,7 @@ def _bench_model(model: Path, threads, runs, warmup, records, sources, progress,
             row.accuracy, row.macro_sensitivity = first.accuracy, first.macro_sensitivity
             row.covid_sensitivity, row.n_images, row.n_unreadable = (
                 first.covid_sensitivity, first.n_images, first.n_unreadable)
+            row.training_images = first.training_images
         rows.append(row)
     return rows
 
@@ -576,6 +582,7 @@ def _score(row: BenchRow, clf, records, bar) -> None:
     row.n_images, row.n_unreadable = len(kept), unreadable
     if not kept:
         raise DataError("no readable images to score")
+    row.training_images = count_training_images(row.model, [r.file for r in kept])
     metrics = score(kept, np.asarray(probs, dtype=np.float32), clf.class_names)
     row.metrics = metrics
     row.accuracy = metrics["accuracy"]["value"]

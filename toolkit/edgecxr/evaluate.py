@@ -144,6 +144,13 @@ def evaluate(target: str | Path, data: str | None = None, split: str | None = No
         probs = predict_in_batches(predict, images, bar)
     metrics = score(kept, probs, class_names, partial_labels)
     metrics["evaluated"] = {"target": str(target), "data": str(data), "split": split, "images": len(kept)}
+    if target.is_file():  # an exported model's sidecar may carry its training split's fingerprint
+        from .fingerprint import count_training_images, training_note
+
+        seen = count_training_images(target, [r.file for r in kept])
+        metrics["evaluated"]["training_images"] = seen
+        if seen:
+            _log(f"note: {training_note(seen, len(kept))}")
     report.write_evaluation(metrics, out_dir, title=f"{target.name} on {Path(data).name} ({split})")
     write_predictions(out_dir / "predictions.csv", kept, probs, class_names)
     return metrics, out_dir

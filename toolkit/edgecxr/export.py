@@ -8,7 +8,9 @@ One call does the whole job a deployment needs:
    calibrated on a class- and source-stratified sample of the *training* split, with
    uint8/int8/float32 I/O);
 3. embed the model spec (labels, input size, preprocessing, quantization, guard numbers) in the
-   file and in a sidecar JSON, so ``edgecxr predict model.tflite`` needs nothing else;
+   file and in a sidecar JSON, so ``edgecxr predict model.tflite`` needs nothing else; the sidecar
+   also holds the training split's fingerprint (:mod:`edgecxr.fingerprint`), so bench and evaluate
+   can say when they score training images;
 4. **guard accuracy** (:mod:`edgecxr.guard`): run the exported file through the TF-free runtime
    and compare it with the Keras model on the validation split, overall, per class, per source
    and per age group. A drop above ``max_drop`` points fails the export;
@@ -31,6 +33,7 @@ TensorFlow, tf_keras and tfmot are imported only inside the functions that conve
 
 from __future__ import annotations
 
+import json
 import math
 import shlex
 import sys
@@ -57,6 +60,7 @@ from .converter import (
 from .data import representative_sample  # noqa: F401 - also edgecxr.export's public name
 from .delegation import delegation_note
 from .errors import DataError, EdgeCXRError, GuardError
+from .fingerprint import FINGERPRINT_KEY, fingerprint
 from .guard import DEFAULT_MAX_DROP, GuardData, GuardReport, keras_probabilities, load_guard_data, run_guard
 from .io import atomic_temp_path, atomic_write_bytes, atomic_write_text, refuse_overwrite
 from .qat import quantization_aware
@@ -306,7 +310,8 @@ def export(run_dir: str | Path, quant: str | ExportOptions = "int8", *,
         raise GuardError(f"{opts.file_name} lost too much accuracy ({_guard_reason(guard)}); kept for "
                          f"inspection as {failed}; {remedy(opts, cfg, notes)}")
 
-    _write_model(out_path, tflite, spec)
+    # hashed from the records that were split (the run's own files, or --data where they moved)
+    _write_model(out_path, tflite, spec, fingerprint([r.file for r in guard_data.train_records()]))
     out_path.with_name(opts.stem + FAILED_SUFFIX + ".tflite").unlink(missing_ok=True)
     sidecar_path(out_path.with_name(opts.stem + FAILED_SUFFIX + ".tflite")).unlink(missing_ok=True)
     card = out_path.parent / MODEL_CARD
@@ -326,10 +331,14 @@ def _useless_reasons(guard_data: GuardData, cfg) -> list[str]:
                                              cfg.partial_labels))
 
 
-def _write_model(path: Path, tflite: bytes, spec: ModelSpec) -> None:
-    """The model with its spec inside, then the sidecar: both atomic."""
+def _write_model(path: Path, tflite: bytes, spec: ModelSpec, training_fingerprint: list[str] | None = None) -> None:
+    """The model with its spec inside, then the sidecar (the spec plus the training fingerprint,
+    see edgecxr.fingerprint for why only there): both atomic."""
     atomic_write_bytes(path, embed_spec(tflite, spec))
-    atomic_write_text(sidecar_path(path), spec.to_json() + "\n")
+    sidecar = json.loads(spec.to_json())
+    if training_fingerprint:
+        sidecar[FINGERPRINT_KEY] = training_fingerprint
+    atomic_write_text(sidecar_path(path), json.dumps(sidecar, indent=2, sort_keys=True) + "\n")
 
 
 def _spec(cfg, opts: ExportOptions, notes: dict, run_dir: Path) -> ModelSpec:
