@@ -225,6 +225,65 @@ def test_train_refuses_a_class_without_training_images(tmp_path, monkeypatch):
     assert not run.exists()  # no half-made run left behind
 
 
+@pytest.mark.parametrize("option, value, message", [
+    ("--epochs", "0", "error: --epochs must be at least 1"),
+    ("--batch-size", "0", "error: --batch-size must be at least 1"),
+    ("--image-size", "16", "error: --image-size must be at least 32"),
+    ("--fine-tune", "-1", "error: --fine-tune must be at least 0"),
+    ("--lr", "0", "error: --lr must be a positive number"),
+])
+def test_numeric_options_are_named_in_their_error(tmp_path, option, value, message):
+    """--epochs 0 used to say 'batch_size and epochs must be positive'."""
+    result = CliRunner().invoke(main, ["train", str(tmp_path), "--out", str(tmp_path / "r"), option, value])
+    assert result.exit_code == 1 and result.output == message + "\n"
+    result = CliRunner().invoke(main, ["train", str(tmp_path), "--out", str(tmp_path / "r"),
+                                       "--set", "epochs=0"])
+    assert result.output == "error: invalid config: epochs must be at least 1, not 0\n"
+
+
+def test_train_help_shows_the_config_defaults_and_a_config_file_still_wins(tmp_path):
+    result = CliRunner().invoke(main, ["train", "--help"])
+    text = " ".join(result.output.split())
+    for shown in ("--epochs INTEGER [default: 15]", "--batch-size INTEGER [default: 16]", "[default: 224]",
+                  "[default: imagenet]", "[default: standard]"):
+        assert shown in text, shown
+    # a default shown by --help is not a value typed: a config file's epochs stay
+    cfg = tmp_path / "config.json"
+    TrainConfig(epochs=3, weights="none").save(cfg)
+    result = CliRunner().invoke(main, ["train", str(tmp_path / "no data"), "--out", str(tmp_path / "r"),
+                                       "--config", str(cfg), "--set", "batch_size=0"])
+    assert result.output == "error: invalid config: batch_size must be at least 1, not 0\n"
+
+
+def test_offline_imagenet_fails_before_any_image_is_loaded(synthetic_folder, tmp_path, monkeypatch):
+    """The download used to fail after half a minute of image loading."""
+    import tf_keras as keras
+
+    from edgecxr import data as data_mod
+
+    def offline(*args, **kwargs):
+        raise Exception("URL fetch failure on https://example/w.h5: None -- [Errno -3] Temporary failure in name resolution")
+
+    def noticed(*args, **kwargs):
+        raise AssertionError("the data was read before the weights were checked")
+
+    monkeypatch.setattr(keras.utils, "get_file", offline)
+    monkeypatch.setattr(data_mod, "load_records", noticed)
+    monkeypatch.setattr(data_mod, "load_split_arrays", noticed)
+    run = tmp_path / "run"
+    result = CliRunner().invoke(main, ["train", str(synthetic_folder), "--out", str(run), "--weights", "imagenet",
+                                       "--epochs", "1"])
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
+    assert result.output == ("error: could not download ImageNet weights ([Errno -3] Temporary failure in name "
+                             "resolution); use --weights PATH (a local MobileNetV3 no-top .h5 file) or --weights "
+                             "none (train from scratch)\n")
+    assert not run.exists()
+    not_h5 = tmp_path / "weights.ckpt"
+    not_h5.write_bytes(b"x")
+    result = CliRunner().invoke(main, ["train", str(synthetic_folder), "--out", str(run), "--weights", str(not_h5)])
+    assert result.exit_code == 1 and "not an .h5 weights file" in result.output and "--weights PATH" in result.output
+
+
 def test_oversampling_balances_classes_and_age_groups():
     records = ([Record(f"/n{i}", "normal", f"n{i}", "kermany", "pediatric") for i in range(300)]
                + [Record(f"/a{i}", "normal", f"a{i}", "nih", "adult") for i in range(60)]

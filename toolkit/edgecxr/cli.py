@@ -32,7 +32,7 @@ def friendly_errors(func):
     return wrapper
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
 @click.version_option(package_name="edgecxr")
 def main():
     """Chest X-ray classifier: train, quantize, export, benchmark and run it on the edge."""
@@ -67,22 +67,38 @@ def data_check(path, as_json):
 # --- train / evaluate (core: edgecxr.train, edgecxr.evaluate) ----------------------------------
 
 
+# train options that are TrainConfig settings: their defaults are the config's, shown by --help, but
+# only a value typed on the command line overrides a --config file or a resumed run's config.json.
+_CONFIG_OPTIONS = ("weights", "epochs", "image_size", "batch_size", "seed", "architecture", "minimalistic",
+                   "fine_tune", "learning_rate", "strategy")
+
+
+def _config_default(name: str):
+    from .config import TrainConfig
+
+    return getattr(TrainConfig(), name)
+
+
 @main.command()
 @click.argument("data", required=False)
 @click.option("--out", "out", required=True, type=click.Path(), help="Run directory to create (or resume).")
 @click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False), help="A config.json to start from.")
-@click.option("--weights", help="imagenet, none (train from scratch) or a local backbone weights file.")
-@click.option("--epochs", type=int)
-@click.option("--image-size", type=int)
-@click.option("--batch-size", type=int)
-@click.option("--seed", type=int)
-@click.option("--architecture", type=click.Choice(["small", "large"]))
-@click.option("--minimalistic/--standard", default=None, help="MobileNetV3 minimalistic variant (ReLU, no SE).")
-@click.option("--fine-tune", type=int, help="With pretrained weights, unfreeze the top N backbone layers.")
-@click.option("--lr", "learning_rate", type=float)
+@click.option("--weights", default=_config_default("weights"),
+              help="imagenet, none (train from scratch) or a local backbone weights .h5 file.")
+@click.option("--epochs", type=int, default=_config_default("epochs"))
+@click.option("--image-size", type=int, default=_config_default("image_size"), help="Input pixels (square).")
+@click.option("--batch-size", type=int, default=_config_default("batch_size"))
+@click.option("--seed", type=int, default=_config_default("seed"))
+@click.option("--architecture", type=click.Choice(["small", "large"]), default=_config_default("architecture"))
+@click.option("--minimalistic/--standard", default=_config_default("minimalistic"),
+              help="MobileNetV3 minimalistic variant (ReLU, no SE).")
+@click.option("--fine-tune", type=int, default=_config_default("fine_tune"),
+              help="With pretrained weights, unfreeze the top N backbone layers.")
+@click.option("--lr", "learning_rate", type=float, default=_config_default("learning_rate"))
 @click.option("--extra-data", multiple=True, help="More data merged into the split (e.g. cxr_adult_pneumonia).")
 @click.option("--splits", "splits_file", type=click.Path(exists=True, dir_okay=False), help="Use this splits.csv.")
 @click.option("--strategy", type=click.Choice(["default", "mirrored", "multiworker"]),
+              default=_config_default("strategy"),
               help="mirrored: several GPUs of one machine; multiworker: several machines (TF_CONFIG or --workers).")
 @click.option("--workers", metavar="HOST:PORT,...",
               help="Every worker's address, the chief first; the same list on each worker (sets TF_CONFIG).")
@@ -101,9 +117,21 @@ def train(data, out, config_file, weights, epochs, image_size, batch_size, seed,
     from pathlib import Path
 
     from . import distributed
-    from .config import TrainConfig
+    from .config import MINIMUMS, TrainConfig
     from .errors import EdgeCXRError
 
+    ctx = click.get_current_context()
+    typed = {name: ctx.params[name] for name in _CONFIG_OPTIONS
+             if ctx.get_parameter_source(name) != click.core.ParameterSource.DEFAULT}
+    weights, epochs, image_size, batch_size, seed, architecture, minimalistic, fine_tune, learning_rate, strategy = (
+        typed.get(name) for name in _CONFIG_OPTIONS)
+    # Options checked by name before anything else (the config would say "invalid config: epochs ...").
+    for name, value in (("epochs", epochs), ("image_size", image_size), ("batch_size", batch_size),
+                        ("fine_tune", fine_tune)):
+        if value is not None and value < MINIMUMS[name]:
+            raise EdgeCXRError(f"--{name.replace('_', '-')} must be at least {MINIMUMS[name]}")
+    if learning_rate is not None and not learning_rate > 0:
+        raise EdgeCXRError("--lr must be a positive number")
     distributed.configure(workers, worker_index)
     if workers is not None:
         if strategy not in (None, "multiworker"):

@@ -14,6 +14,12 @@ from . import CLASS_NAMES, PARTIAL_LABELS
 from .errors import EdgeCXRError
 
 
+# The smallest value of each whole-number setting. validate() checks a config against it and the CLI
+# names the option (`--epochs must be at least 1`): one table, so the two cannot disagree. Below 32 px
+# MobileNetV3's five stride-2 stages leave less than one pixel.
+MINIMUMS = {"epochs": 1, "batch_size": 1, "image_size": 32, "fine_tune": 0, "head_width": 1, "head_epochs": 0,
+            "warmup_epochs": 0, "early_stopping": 0, "min_group": 0, "num_threads": 0}
+
 MONITORS = ("val_accuracy", "val_macro_sensitivity", "val_covid_sensitivity", "val_worst_source", "val_loss")
 
 
@@ -127,10 +133,9 @@ class TrainConfig:
 
         if self.architecture not in ("small", "large"):
             bad(f"architecture must be small or large, not {self.architecture!r}")
-        if self.image_size < 32:
-            bad("image_size must be at least 32")
-        if self.batch_size < 1 or self.epochs < 1:
-            bad("batch_size and epochs must be positive")
+        for name, low in MINIMUMS.items():
+            if getattr(self, name) < low:
+                bad(f"{name} must be at least {low}, not {getattr(self, name)}")
         if not 0 <= self.val_fraction < 1 or not 0 <= self.test_fraction < 1:
             bad("val_fraction and test_fraction must be in [0, 1)")
         if self.val_fraction + self.test_fraction >= 1:
@@ -147,8 +152,8 @@ class TrainConfig:
             bad("aspect must be in [0, 1), border in [0, 0.5), gamma at least 0")
         if not (0 <= self.dropout < 1 and 0 <= self.label_smoothing < 1):
             bad("dropout and label_smoothing must be in [0, 1)")
-        if self.learning_rate <= 0 or self.alpha <= 0 or self.head_width < 1:
-            bad("learning_rate and alpha must be positive, head_width at least 1")
+        if self.learning_rate <= 0 or self.alpha <= 0:
+            bad("learning_rate and alpha must be positive")
         if self.monitor not in MONITORS:
             bad(f"monitor must be one of {', '.join(MONITORS)}, not {self.monitor!r}")
         if not 0 <= self.distill_weight <= 1:

@@ -22,34 +22,16 @@ def _keras():
 
 
 def build_backbone(cfg: TrainConfig):
-    """The MobileNetV3 feature extractor, with the weights asked for.
-
-    ImageNet weights are downloaded by Keras on first use; offline, that fails deep inside
-    urllib, so the failure is turned into one line that names the two offline alternatives.
-    """
+    """The MobileNetV3 feature extractor, with the weights :func:`weights_path` finds."""
     keras = _keras()
     factory = {"small": keras.applications.MobileNetV3Small, "large": keras.applications.MobileNetV3Large}[
         cfg.architecture
     ]
-    kwargs = dict(
-        input_shape=(cfg.image_size, cfg.image_size, 3),
-        alpha=cfg.alpha,
-        minimalistic=cfg.minimalistic,
-        include_top=False,
-        pooling="avg",
-        include_preprocessing=True,
-    )
-    if cfg.weights == "imagenet":
-        try:
-            return factory(weights="imagenet", **kwargs)
-        except ValueError as exc:  # unsupported alpha/minimalistic combination for ImageNet weights
-            raise WeightsError(f"no ImageNet weights for this backbone ({exc}); {OFFLINE_HINT}") from None
-        except Exception as exc:  # noqa: BLE001 - urllib/HTTP/SSL errors vary by platform
-            reason = str(exc).rsplit(" -- ", 1)[-1][:80] or exc.__class__.__name__
-            raise WeightsError(f"could not download ImageNet weights ({reason}); {OFFLINE_HINT}") from None
-    backbone = factory(weights=None, **kwargs)
-    path = weights_file(cfg)
-    if path is not None:
+    path = weights_path(cfg)
+    backbone = factory(input_shape=(cfg.image_size, cfg.image_size, 3), alpha=cfg.alpha,
+                       minimalistic=cfg.minimalistic, include_top=False, pooling="avg",
+                       include_preprocessing=True, weights=None)
+    if path is not None:  # what Keras' weights="imagenet" does too, with the file it downloaded
         try:
             backbone.load_weights(str(path))
         except Exception as exc:  # noqa: BLE001 - h5py/Keras raise many types for a wrong file
@@ -57,13 +39,46 @@ def build_backbone(cfg: TrainConfig):
     return backbone
 
 
+def weights_path(cfg: TrainConfig) -> Path | None:
+    """The backbone weights file ``cfg.weights`` names: None for ``none``, the local file (which
+    must exist and be an .h5), or for ``imagenet`` Keras' cached copy, downloaded once if missing.
+
+    ``edgecxr train`` calls this before it loads a single image: offline, the ImageNet download used
+    to fail (deep inside urllib) only after the images had been read, half a minute on the real data.
+    The file name, URL and hash are Keras' own (tf_keras ``applications.mobilenet_v3``), so the
+    cache is the one ``weights="imagenet"`` would use.
+    """
+    if cfg.weights != "imagenet":
+        return weights_file(cfg)
+    keras = _keras()
+    from tf_keras.src.applications import mobilenet_v3 as keras_mobilenet_v3
+
+    name = f"{cfg.architecture}{'_minimalistic' if cfg.minimalistic else ''}_224_{float(cfg.alpha)}_float"
+    hashes = keras_mobilenet_v3.WEIGHTS_HASHES.get(name)
+    if hashes is None:
+        raise WeightsError(
+            f"no ImageNet weights for MobileNetV3 {cfg.architecture} alpha {cfg.alpha:g}"
+            f"{' minimalistic' if cfg.minimalistic else ''} (Keras has alpha 0.75 and 1.0, minimalistic 1.0 "
+            f"only); {OFFLINE_HINT}")
+    file_name = f"weights_mobilenet_v3_{name}_no_top_v2.h5"
+    try:
+        return Path(keras.utils.get_file(file_name, keras_mobilenet_v3.BASE_WEIGHT_PATH + file_name,
+                                         cache_subdir="models", file_hash=hashes[1]))
+    except Exception as exc:  # noqa: BLE001 - urllib/HTTP/SSL errors vary by platform
+        reason = str(exc).rsplit(" -- ", 1)[-1][:80] or exc.__class__.__name__
+        raise WeightsError(f"could not download ImageNet weights ({reason}); {OFFLINE_HINT}") from None
+
+
 def weights_file(cfg: TrainConfig) -> Path | None:
-    """The local weights file ``--weights PATH`` names (None for imagenet or none); raises if missing."""
+    """The local weights file ``--weights PATH`` names (None for imagenet or none); raises if it is
+    missing or not an .h5 (what Keras' load_weights reads for a backbone)."""
     if cfg.weights in ("imagenet", "none", "", None):
         return None
     path = Path(cfg.weights)
     if not path.is_file():
         raise WeightsError(f"weights file not found: {path}; {OFFLINE_HINT}")
+    if path.suffix.lower() != ".h5":
+        raise WeightsError(f"{path}: not an .h5 weights file; {OFFLINE_HINT}")
     return path
 
 

@@ -576,9 +576,9 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False, force: bo
     cfg.validate()
     if not cfg.data:
         raise DataError("no data given: pass a folder with class sub-folders or a manifest CSV")
-    from .model import weights_file
+    from .model import weights_path
 
-    weights_file(cfg)  # a missing --weights PATH fails here, before anything is loaded or written
+    weights_path(cfg)  # no weights (a missing file, ImageNet offline) fails here, before any image is loaded
     if role is not None:
         distributed.check_port_free(role)
     if resume or not chief:  # a non-chief worker never touches the run directory
