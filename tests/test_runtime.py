@@ -348,6 +348,22 @@ def test_predict_json_reports_failures_as_json_lines(tiny_tflite, predict_inputs
     assert "2 of 3 inputs failed" in result.stderr
 
 
+def test_one_name_in_predict_bench_and_the_app_is_the_spec_name(tiny_tflite, tmp_path):
+    """Classifier.name is spec.name (export makes it the file stem); a renamed file also names the file."""
+    from edgecxr.bench import bench
+
+    clf = Classifier(tiny_tflite.uint8)
+    assert clf.spec.name == tiny_tflite.uint8.stem == clf.name == "tiny uint8"
+    assert clf.describe().startswith("tiny uint8: int8 weights")
+    result = CliRunner().invoke(main, ["predict", "--model", str(tiny_tflite.uint8), str(tmp_path / "none.png")])
+    assert result.stderr.startswith("model tiny uint8: ")
+    report = bench([tiny_tflite.uint8], threads=(1,), runs=2, warmup=0)
+    assert [r.name for r in report.rows] == ["tiny uint8"]
+    renamed = tmp_path / "copy.tflite"
+    renamed.write_bytes(tiny_tflite.uint8.read_bytes())
+    assert Classifier(renamed).name == "tiny uint8 (file copy.tflite)"
+
+
 def test_describe_names_float_weights_as_float32(tiny_tflite):
     assert ": float32 weights, float32 input" in Classifier(tiny_tflite.float32).describe()
     assert ": int8 weights, uint8 input" in Classifier(tiny_tflite.uint8).describe()

@@ -12,8 +12,13 @@ One call does the whole job a deployment needs:
 4. **guard accuracy** (:mod:`edgecxr.guard`): run the exported file through the TF-free runtime
    and compare it with the Keras model on the validation split, overall, per class, per source
    and per age group. A drop above ``max_drop`` points fails the export;
-5. write ``MODEL_CARD.md`` next to the model (:mod:`edgecxr.card`; it describes the latest
-   successful export in that folder) and print the next commands to try.
+5. write the model card ``<stem>.md`` next to ``<stem>.tflite`` and ``<stem>.json``
+   (:mod:`edgecxr.card`) and print the next commands to try.
+
+One name per export: ``ExportOptions.stem`` (:mod:`edgecxr.export_options`; e.g.
+``edgecxr_int8_uint8io``, ``edgecxr_int8_uint8io_qat``, ``edgecxr_float16``) is the file stem, the
+spec's ``name`` (what ``predict``, ``bench`` and the app show) and the card's title; every variant
+has its own, so exporting one never overwrites another.
 
 A failed guard does not leave a usable-looking model behind: the file is kept for inspection as
 ``<name>.guard-failed.tflite`` (never under the real name, which keeps any earlier passing export)
@@ -66,7 +71,6 @@ from .tables import counts, mb, pct
 
 # Fewer calibration images than this and int8 activation ranges get noisy (TFLite suggests 100-500).
 MIN_REPRESENTATIVE = 100
-MODEL_CARD = "MODEL_CARD.md"
 FAILED_SUFFIX = ".guard-failed"
 
 
@@ -161,13 +165,18 @@ def export(run_dir: str | Path, quant: str | ExportOptions = "int8", *,
     _write_model(out_path, tflite, spec)
     out_path.with_name(opts.stem + FAILED_SUFFIX + ".tflite").unlink(missing_ok=True)
     sidecar_path(out_path.with_name(opts.stem + FAILED_SUFFIX + ".tflite")).unlink(missing_ok=True)
-    card = out_path.parent / MODEL_CARD
+    card = card_path(out_path)
     size = out_path.stat().st_size
     atomic_write_text(card, render_model_card(spec, guard, cfg=cfg, model_file=out_path.name, size_bytes=size,
                                               latency_ms=latency, data_summary=guard_data.summary,
                                               notes=notes))
     return ExportResult(out_path, spec, guard, size, time.time() - t0, latency, sidecar_path(out_path), card,
                         run_dir, guard_data.data_args, "test" if "test" in guard_data.splits else "val", notes)
+
+
+def card_path(model_path: Path) -> Path:
+    """``<stem>.md`` beside ``<stem>.tflite``: one card per export, named like the file it describes."""
+    return Path(model_path).with_suffix(".md")
 
 
 def _write_model(path: Path, tflite: bytes, spec: ModelSpec) -> None:

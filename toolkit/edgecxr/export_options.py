@@ -8,6 +8,7 @@ way (``export`` -> ``selective`` -> ``export_options``). No TensorFlow, no numpy
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Sequence
@@ -16,6 +17,8 @@ from . import DEFAULT_MAX_DROP
 from .errors import EdgeCXRError
 
 DEFAULT_REPRESENTATIVE = 200
+# --name: the prefix of every file an export writes, so nothing that a path or a shell would split.
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
 # --- quantization modes and options -------------------------------------------------------------
@@ -60,7 +63,7 @@ class ExportOptions:
     data: Sequence[str] = ()  # override the run's data location (first: data, rest: extra data)
     hard_swish: str = "auto"  # auto | keras | relu6: how int8 graphs spell hard-swish
     latency: bool = True  # time the exported model (1 thread) for the model card
-    name: str = "edgecxr"
+    name: str = "edgecxr"  # --name: the prefix of the file name (see stem)
 
     @classmethod
     def for_float32(cls, **kw) -> "ExportOptions":
@@ -88,9 +91,25 @@ class ExportOptions:
 
     @property
     def stem(self) -> str:
-        """``edgecxr_float32``, ``edgecxr_int8_uint8io``: precision and (for int8) the I/O type."""
+        """The one name of this export: the file stem, ``spec.name`` and the card's name.
+
+        ``<name>_<precision>[_<io>io][_keepfloat|_qat]``, read left to right as what a caller must
+        know to use the file:
+
+        - ``<name>``: ``--name`` (default ``edgecxr``);
+        - ``<precision>``: ``float32``, ``float16``, ``dynamic`` or ``int8`` (:data:`MODES`);
+        - ``_<io>io``: the input/output tensor type, always given for int8 (``_uint8io``,
+          ``_int8io``, ``_float32io``), since that is what the caller has to feed, even for the
+          default uint8; the float modes take float32 only and say nothing;
+        - ``_keepfloat``: int8 with layers kept in float (``--keep-float``); ``_qat``: int8 after
+          quantization-aware fine-tuning (``--qat``). The two are never combined (validated()).
+
+        So ``edgecxr_float16``, ``edgecxr_int8_uint8io``, ``edgecxr_int8_uint8io_qat``: every
+        variant its own file, and one export never overwrites another kind.
+        """
         io_part = f"_{self.io_type}io" if self.mode.calibrated else ""
-        return f"{self.name}_{self.mode.precision}{io_part}"
+        variant = "_keepfloat" if self.keep_float else "_qat" if self.qat_epochs else ""
+        return f"{self.name}_{self.mode.precision}{io_part}{variant}"
 
     @property
     def file_name(self) -> str:
@@ -121,6 +140,9 @@ class ExportOptions:
             raise EdgeCXRError("--qat must be a positive number of epochs")
         if self.hard_swish not in ("auto", "keras", "relu6"):
             raise EdgeCXRError(f"hard_swish must be auto, keras or relu6, not {self.hard_swish!r}")
+        if not NAME_PATTERN.fullmatch(self.name or ""):
+            raise EdgeCXRError(f"--name must be letters, digits, '.', '_' or '-' (it starts every file "
+                               f"name of the export), not {self.name!r}")
         if not math.isfinite(self.max_drop):
             raise EdgeCXRError("--max-drop must be a number of accuracy points")
         data = (self.data,) if isinstance(self.data, (str, Path)) else tuple(self.data or ())
