@@ -149,7 +149,7 @@ def expand_images(paths) -> tuple[list[str], list[tuple[str, str]]]:
 def check_tflite_file(path: Path) -> None:
     """Fail early, naming the file, when it is missing or not a TFLite flatbuffer at all."""
     if not path.is_file():
-        raise ModelFileError(f"model file not found: {path}")
+        raise ModelFileError(f"{path}: model file not found")
     with path.open("rb") as fh:
         head = fh.read(8)
     if len(head) < 8 or head[4:8] != TFLITE_IDENTIFIER:
