@@ -117,7 +117,8 @@ class ExportResult:
 
 def export(run_dir: str | Path, quant: str | ExportOptions = "int8", *,
            log: Callable[[str], None] | None = None, **options) -> ExportResult:
-    """Export a run's best checkpoint as ``RUN_DIR/export/<name>.tflite``; return what was written.
+    """Export a run's best checkpoint as ``RUN_DIR/export/<stem>.tflite`` with ``<stem>.json`` and the
+    model card ``<stem>.md`` (``stem``: :attr:`ExportOptions.stem`); return what was written.
 
     ``quant`` is a mode name (``none``, ``float16``, ``dynamic``, ``int8``) with keyword options
     (see :class:`ExportOptions`), or an ExportOptions. Progress and the guard table go to ``log``
