@@ -389,7 +389,7 @@ for name, io_type in (("int8", tf.uint8), ("float32", None)):
         warnings.filterwarnings("ignore", "Statistics for quantized inputs", UserWarning)
         flat = conv.convert()
     spec = model_spec(cfg, quantization="int8" if io_type else "none", io_dtype="uint8" if io_type else "float32",
-                      name=f"pi-check test model ({name})",
+                      name=f"test_mnv3s96_{name}",  # the file stem, as edgecxr export names models
                       notes={"purpose": "emulated-Pi check only; trained 6 epochs on synthetic images, not a diagnostic model"})
     atomic_write_bytes(out / f"test_mnv3s96_{name}.tflite", embed_spec(flat, spec))
     print(name, len(flat), "bytes")
@@ -481,7 +481,10 @@ def text(name, default="(not produced)"):
     return p.read_text().strip() if p.is_file() else default
 
 def model_line(name, model):
-    lines = [l for l in text(name, "").splitlines() if l.startswith(f"model {Path(model).name}:")]
+    # predict's header names the model as Classifier.name does: the spec's name (the file stem for an
+    # export), with "(file NAME)" added when the two differ
+    lines = [l for l in text(name, "").splitlines()
+             if l.startswith(f"model {Path(model).stem}:") or f" (file {Path(model).name}): " in l]
     return lines[0][len("model "):] if lines else "(not produced)"
 
 def jsonl(path):

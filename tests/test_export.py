@@ -61,7 +61,8 @@ def exported(run):
     for key, quant, options in (("float32", "none", {}), ("float16", "float16", {}), ("dynamic", "dynamic", {}),
                                 ("int8_uint8", "int8", {}), ("int8_int8", "int8", {"io": "int8"})):
         results[key] = export(run, quant, **options, **QUIET)
-        cards[key] = results[key].model_card.read_text()  # each export rewrites MODEL_CARD.md
+    for key, result in results.items():  # one card per export, so every card survives the later exports
+        cards[key] = result.model_card.read_text()
     model, cfg = load_model(run)
     images, labels = held_out_images()
     keras_probs = model(images.astype(np.float32), training=False).numpy()
@@ -85,6 +86,45 @@ def test_each_mode_writes_its_file_with_the_asked_tensor_types(exported, run, ke
     assert result.path.is_file() and result.size_bytes == result.path.stat().st_size
     assert io_dtypes(result.path) == io
     assert result.guard.passed
+
+
+def test_one_name_per_export_file_spec_and_card(exported, run):
+    """The file stem, spec.name (inside the file and in the sidecar) and the card's title are one name,
+    and each of the five exports kept its own .tflite, .json and .md."""
+    names = sorted(p.name for p in (run / "export").iterdir() if p.stem.startswith("edgecxr_"))
+    stems = ["edgecxr_dynamic", "edgecxr_float16", "edgecxr_float32", "edgecxr_int8_int8io", "edgecxr_int8_uint8io"]
+    assert set(names) >= {stem + ext for stem in stems for ext in (".json", ".md", ".tflite")}
+    for key, result in exported.results.items():
+        stem = result.path.stem
+        assert result.spec.name == read_spec(result.path).name == stem
+        assert json.loads(sidecar_path(result.path).read_text())["name"] == stem
+        assert result.model_card == result.path.with_suffix(".md")
+        assert exported.cards[key].startswith(f"# Model card: {stem}\n")
+        assert Classifier(result.path).name == stem  # what predict, bench and the app show
+
+
+def test_export_names_for_each_variant():
+    """ExportOptions.stem: name, precision, the I/O type for int8 (always), then the remedy variant."""
+    cases = [
+        (ExportOptions.for_float32(), "edgecxr_float32"),
+        (ExportOptions.for_float16(), "edgecxr_float16"),
+        (ExportOptions.for_dynamic(), "edgecxr_dynamic"),
+        (ExportOptions(quantize="int8"), "edgecxr_int8_uint8io"),
+        (ExportOptions.for_int8(), "edgecxr_int8_uint8io"),
+        (ExportOptions.for_int8(io="int8"), "edgecxr_int8_int8io"),
+        (ExportOptions.for_int8(io="float32"), "edgecxr_int8_float32io"),
+        (ExportOptions(quantize="int8", qat_epochs=3), "edgecxr_int8_uint8io_qat"),
+        (ExportOptions(quantize="int8", keep_float="auto:2"), "edgecxr_int8_uint8io_keepfloat"),
+        (ExportOptions(quantize="int8", io="int8", keep_float="conv_1"), "edgecxr_int8_int8io_keepfloat"),
+        (ExportOptions.for_float16(name="chest-v2.1"), "chest-v2.1_float16"),
+    ]
+    for opts, stem in cases:
+        assert opts.stem == stem and opts.validated().stem == stem
+        assert opts.validated().file_name == stem + ".tflite"
+    assert len({stem for _, stem in cases}) == len(cases) - 1  # for_int8() is the int8 default
+    for bad in ("", "a b", "../x", "x/y", "-x"):
+        with pytest.raises(EdgeCXRError, match="--name"):
+            ExportOptions(name=bad).validated()
 
 
 def test_sizes_follow_the_precision(exported):
@@ -164,8 +204,9 @@ def test_head_batchnorm_folds_through_relu_exactly(exported):
 def test_model_card_reports_data_metrics_and_limits(exported, run):
     card = exported.cards["int8_uint8"]
     result = exported.results["int8_uint8"]
-    assert result.model_card == run / "export" / "MODEL_CARD.md"
-    assert card.startswith(f"# Model card: {result.path.name}")
+    assert result.model_card == run / "export" / "edgecxr_int8_uint8io.md"
+    assert card.startswith("# Model card: edgecxr_int8_uint8io\n")
+    assert "- File: `edgecxr_int8_uint8io.tflite`" in card and "`edgecxr_int8_uint8io.json`" in card
     assert "not a medical device" in card
     assert "| kermany (pediatric) |" in card and "| ieee8023 (adult) |" in card
     assert "Calibration: 48 training images" in card
@@ -262,7 +303,13 @@ def test_options_reject_flags_that_do_not_apply():
 
 
 def test_keep_float_auto_keeps_the_worst_layers_in_float(exported, run):
-    result = export(run, "int8", keep_float="auto:2", name="kf", **QUIET)
+    result = export(run, "int8", keep_float="auto:2", **QUIET)
+    assert result.path == run / "export" / "edgecxr_int8_uint8io_keepfloat.tflite"
+    assert read_spec(result.path).name == "edgecxr_int8_uint8io_keepfloat"
+    # the plain int8 export of the same run survives, with its own card
+    plain = exported.results["int8_uint8"]
+    assert plain.path.is_file() and plain.model_card.read_text() == exported.cards["int8_uint8"]
+    assert result.model_card.read_text().startswith("# Model card: edgecxr_int8_uint8io_keepfloat\n")
     kept = result.notes["keep_float"]["layers"]
     assert len(kept) == 2 and kept[0]["rmse_per_scale"] >= kept[1]["rmse_per_scale"] > 0
     assert io_dtypes(result.path) == ("uint8", "uint8")
@@ -279,7 +326,9 @@ def test_keep_float_auto_keeps_the_worst_layers_in_float(exported, run):
 
 def test_qat_on_standard_model_is_head_only_and_leaves_the_run_alone(exported, run):
     before = [w.copy() for w in exported.model.get_weights()]
-    result = export(run, "int8", qat_epochs=1, name="qat", **QUIET)
+    result = export(run, "int8", qat_epochs=1, **QUIET)
+    assert result.path.name == "edgecxr_int8_uint8io_qat.tflite" and result.spec.name == "edgecxr_int8_uint8io_qat"
+    assert result.model_card.name == "edgecxr_int8_uint8io_qat.md" and exported.results["int8_uint8"].path.is_file()
     qat = result.notes["qat"]
     assert qat["scope"] == "head-only" and "TFOpLambda" in qat["why"] and qat["epochs"] == 1
     assert read_spec(result.path).notes["qat"]["scope"] == "head-only"
@@ -406,6 +455,16 @@ def test_cli_refuses_to_overwrite_without_force(exported, run):
     assert f"exported {path} (" in forced.stdout
     assert "next: edgecxr predict --model" in forced.stdout
     assert path.is_file() and read_spec(path).quantization == "none"
+
+
+def test_cli_name_sets_the_prefix_of_every_file(exported, run):
+    assert_one_line_error(cli(run, "--quantize", "none", "--name", "chest x"), "--name")
+    result = cli(run, "--quantize", "none", "--name", "chest")
+    assert result.exit_code == 0, result.output
+    path = run / "export" / "chest_float32.tflite"
+    assert f"exported {path} (" in result.stdout
+    assert read_spec(path).name == "chest_float32" and path.with_suffix(".md").is_file()
+    assert exported.results["float32"].path.is_file()  # edgecxr_float32.tflite is still there
 
 
 def test_cli_guard_failure_exits_non_zero_with_remedy(exported, run):

@@ -312,7 +312,7 @@ def test_predict_json_has_one_record_per_image(tiny_tflite, predict_inputs, monk
         assert set(r["probabilities"]) == {"normal", "covid19", "bacterial", "viral"}
         assert sum(r["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
         assert r["confidence"] == r["probabilities"][r["label"]]
-    assert "tiny int8.tflite" in result.stderr
+    assert result.stderr.startswith("model tiny int8: ")  # the spec's name, which is the file stem
 
 
 def test_predict_with_a_wrong_model_is_a_one_line_error(tiny_tflite, tmp_path):
@@ -346,6 +346,22 @@ def test_predict_json_reports_failures_as_json_lines(tiny_tflite, predict_inputs
     assert records[1]["label"] == "bacterial" and "error" not in records[1]
     assert "not a readable image" in records[2]["error"]
     assert "2 of 3 inputs failed" in result.stderr
+
+
+def test_one_name_in_predict_bench_and_the_app_is_the_spec_name(tiny_tflite, tmp_path):
+    """Classifier.name is spec.name (export makes it the file stem); a renamed file also names the file."""
+    from edgecxr.bench import bench
+
+    clf = Classifier(tiny_tflite.uint8)
+    assert clf.spec.name == tiny_tflite.uint8.stem == clf.name == "tiny uint8"
+    assert clf.describe().startswith("tiny uint8: int8 weights")
+    result = CliRunner().invoke(main, ["predict", "--model", str(tiny_tflite.uint8), str(tmp_path / "none.png")])
+    assert result.stderr.startswith("model tiny uint8: ")
+    report = bench([tiny_tflite.uint8], threads=(1,), runs=2, warmup=0)
+    assert [r.name for r in report.rows] == ["tiny uint8"]
+    renamed = tmp_path / "copy.tflite"
+    renamed.write_bytes(tiny_tflite.uint8.read_bytes())
+    assert Classifier(renamed).name == "tiny uint8 (file copy.tflite)"
 
 
 def test_describe_names_float_weights_as_float32(tiny_tflite):

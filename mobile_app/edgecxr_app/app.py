@@ -399,15 +399,17 @@ class EdgeCXRApp(App):
         spec = classifier.spec
         self.classifier = classifier
         self.model_path = str(model)
-        self.model_name = f"{spec.name} {spec.version}".strip()
+        # One name, the same predict and bench print: the spec's, which export makes the file stem.
+        self.model_name = classifier.name
+        version = f"edgecxr {spec.version} | " if spec.version else ""
         self.model_details = (
-            f"{spec.quantization} | {spec.image_size} px | {', '.join(spec.class_names)} | "
+            f"{spec.quantization} | {spec.image_size} px | {', '.join(spec.class_names)} | {version}"
             f"{classifier.interpreter_name} {classifier.interpreter_version} | "
             f"threads: {self.threads or 'auto'}"
         )
         self._clear_result()
         self.bars = [{"label": name, "value": 0.0, "is_top": False} for name in spec.class_names]
-        self._set_status(f"Model loaded: {Path(model).name}")
+        self._set_status(f"Model loaded: {classifier.name}")
         if remember:
             self.config.set("edgecxr", "model", str(path or ""))
             self.config.write()

@@ -4,7 +4,7 @@
 
 ``script.json``::
 
-    {"model": "m.tflite", "size": [800, 480], "synchronous": false, "timeout": 90,
+    {"model": "../models/edgecxr_float16.tflite", "size": [800, 480], "synchronous": false, "timeout": 90,
      "image": "shown at start, as with `edgecxr app IMAGE` (optional)",
      "steps": [["drop", "x.png"], ["wait"], ["press", "overlay_toggle"], ["wait"],
                ["screenshot", "shot.png"], ["state"]]}

@@ -466,7 +466,7 @@ def _bench_model(model: Path, threads, runs, warmup, records, sources, progress,
     """
     rows: list[BenchRow] = []
     for i, n_threads in enumerate(threads):
-        row = BenchRow(model=str(model), name=name or model.name, threads=n_threads)
+        row = BenchRow(model=str(model), name=name or _row_name(model), threads=n_threads)
         try:
             _bench_one(row, runs, warmup, records if i == 0 else None, sources, progress, opener)
         except (EdgeCXRError, RuntimeError, ValueError, OSError, MemoryError) as exc:
@@ -483,6 +483,18 @@ def _bench_model(model: Path, threads, runs, warmup, records, sources, progress,
             row.training_images = first.training_images
         rows.append(row)
     return rows
+
+
+def _row_name(model: Path) -> str:
+    """The model's name as ``predict`` and the app show it (its spec's, which export makes the file
+    stem); the file name when the spec cannot be read (the row then fails with the reason)."""
+    from .runtime import display_name
+    from .spec import read_spec
+
+    try:
+        return display_name(read_spec(model), model)
+    except EdgeCXRError:
+        return model.name
 
 
 def _bench_one(row: BenchRow, runs, warmup, records, sources, progress, opener=None) -> None:

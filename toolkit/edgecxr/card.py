@@ -1,4 +1,8 @@
-"""MODEL_CARD.md: what an exported model is, how it was made and how it did, in one page."""
+"""The model card ``<stem>.md``: what an exported model is, how it was made and how it did, in one page.
+
+One card per exported file, named like it (``edgecxr_int8_uint8io.md`` beside
+``edgecxr_int8_uint8io.tflite`` and ``.json``), so every export in a folder keeps its own card.
+"""
 
 from __future__ import annotations
 
@@ -15,12 +19,12 @@ from .tables import counts, mb, md_table, pct
 def render_model_card(spec: ModelSpec, guard: GuardReport, *, cfg=None, model_file: str = "", size_bytes: int = 0,
                       latency_ms: float | None = None, data_summary: dict | None = None,
                       notes: dict | None = None) -> str:
-    """MODEL_CARD.md for one exported model, from its spec and the guard's evaluation."""
+    """The card for one exported model, from its spec and the guard's evaluation."""
     notes = notes or spec.notes or {}
     m = guard.tflite_metrics
     names = list(spec.class_names)
     out = [
-        f"# Model card: {model_file or spec.name}",
+        f"# Model card: {spec.name}",
         "",
         "**Research prototype, not a medical device.** It has not been evaluated clinically and must "
         "not be used to diagnose, triage or treat anyone.",

@@ -217,19 +217,23 @@ def evaluate(target, data, split, splits_file, extra_data, out, threads, as_json
               help="int8: quantization-aware fine-tuning for EPOCHS epochs first.")
 @click.option("--data", multiple=True,
               help="Where the run's data is now, if it moved (repeat for extra data); default: RUN_DIR/splits.csv.")
+@click.option("--name", default="edgecxr", show_default=True, help="The prefix of the exported file names.")
 @friendly_errors
-def export(run_dir, quantize, io, force, max_drop, representative, keep_float, qat_epochs, data):
-    """Export RUN_DIR's best checkpoint to RUN_DIR/export/<name>.tflite, checked for accuracy.
+def export(run_dir, quantize, io, force, max_drop, representative, keep_float, qat_epochs, data, name):
+    """Export RUN_DIR's best checkpoint to RUN_DIR/export/STEM.tflite, checked for accuracy.
 
-    The file carries its labels and preprocessing (also in a sidecar .json), and MODEL_CARD.md is
-    written next to it. The accuracy guard compares it with the Keras model on the validation split;
-    if it loses more than --max-drop points (in total or in a subgroup) the command fails, keeps the
-    file as <name>.guard-failed.tflite and says which remedy to try.
+    STEM is NAME_PRECISION[_IOio][_keepfloat|_qat], e.g. edgecxr_float16, edgecxr_int8_uint8io,
+    edgecxr_int8_uint8io_qat: the I/O type is always named for int8, and each variant has its own
+    name, so one export never overwrites another. The file carries its labels and preprocessing
+    (also in STEM.json, whose name field is STEM) and its model card is STEM.md. The accuracy
+    guard compares it with the Keras model on the validation split; if it loses more than
+    --max-drop points (in total or in a subgroup) the command fails, keeps the file as
+    STEM.guard-failed.tflite and says which remedy to try.
     """
     from .export import export as run_export
 
     result = run_export(run_dir, quantize, io=io, force=force, max_drop=max_drop, representative=representative,
-                        keep_float=keep_float, qat_epochs=qat_epochs, data=data)
+                        keep_float=keep_float, qat_epochs=qat_epochs, data=data, name=name)
     click.echo(result.summary_line())
     if result.warning:
         click.echo(f"warning: {result.warning}; exported only because of --force", err=True)

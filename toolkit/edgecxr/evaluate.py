@@ -122,7 +122,8 @@ def evaluate(target: str | Path, data: str | None = None, split: str | None = No
         predict = clf.predict_arrays
         default_dir, prefix = Path.cwd(), f"eval-{target.stem}"
     else:
-        raise ModelFileError(f"{target}: neither a run directory nor a model file")
+        # The path is what is wrong (a typo, a file not exported yet): say so first, in one line.
+        raise ModelFileError(f"{target}: not found (evaluate takes a run directory or a .tflite model file)")
 
     split, note = default_split(split, splits_file)
     if note:

@@ -14,8 +14,13 @@ One call does the whole job a deployment needs:
 4. **guard accuracy** (:mod:`edgecxr.guard`): run the exported file through the TF-free runtime
    and compare it with the Keras model on the validation split, overall, per class, per source
    and per age group. A drop above ``max_drop`` points fails the export;
-5. write ``MODEL_CARD.md`` next to the model (:mod:`edgecxr.card`; it describes the latest
-   successful export in that folder) and print the next commands to try.
+5. write the model card ``<stem>.md`` next to ``<stem>.tflite`` and ``<stem>.json``
+   (:mod:`edgecxr.card`) and print the next commands to try.
+
+One name per export: ``ExportOptions.stem`` (:mod:`edgecxr.export_options`; e.g.
+``edgecxr_int8_uint8io``, ``edgecxr_int8_uint8io_qat``, ``edgecxr_float16``) is the file stem, the
+spec's ``name`` (what ``predict``, ``bench`` and the app show) and the card's title; every variant
+has its own, so exporting one never overwrites another.
 
 A failed guard does not leave a usable-looking model behind: the file is kept for inspection as
 ``<name>.guard-failed.tflite`` (never under the real name, which keeps any earlier passing export)
@@ -34,7 +39,6 @@ TensorFlow, tf_keras and tfmot are imported only inside the functions that conve
 from __future__ import annotations
 
 import json
-import math
 import shlex
 import sys
 import time
@@ -42,7 +46,7 @@ from collections import Counter
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable
 
 import numpy as np
 
@@ -60,154 +64,22 @@ from .converter import (
 from .data import representative_sample  # noqa: F401 - also edgecxr.export's public name
 from .delegation import delegation_note
 from .errors import DataError, EdgeCXRError, GuardError
+from .export_options import DEFAULT_REPRESENTATIVE, MODES, ExportOptions, QuantMode  # noqa: F401 - public here too
 from .fingerprint import FINGERPRINT_KEY, fingerprint
-from .guard import DEFAULT_MAX_DROP, GuardData, GuardReport, keras_probabilities, load_guard_data, run_guard
+from .guard import GuardData, GuardReport, keras_probabilities, load_guard_data, run_guard
 from .io import atomic_temp_path, atomic_write_bytes, atomic_write_text, refuse_overwrite
 from .qat import quantization_aware
 from .selective import selective_int8
 from .spec import ModelSpec, embed_spec, sidecar_path
 from .tables import counts, mb, pct
 
-DEFAULT_REPRESENTATIVE = 200
 # Fewer calibration images than this and int8 activation ranges get noisy (TFLite suggests 100-500).
 MIN_REPRESENTATIVE = 100
-MODEL_CARD = "MODEL_CARD.md"
 FAILED_SUFFIX = ".guard-failed"
 
 
 def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
-
-
-# --- quantization modes and options -------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class QuantMode:
-    """One way to store and run the model. Modes are data: the CLI, file names and checks read them."""
-
-    name: str  # the --quantize value and ModelSpec.quantization
-    precision: str  # goes into the file name
-    io_types: tuple[str, ...]  # allowed --io values; the first is the default
-    calibrated: bool  # needs a representative data set (and allows --keep-float / --qat)
-    label: str  # for people: "full-integer int8"
-    summary: str
-
-
-MODES = {
-    m.name: m
-    for m in (
-        QuantMode("none", "float32", ("float32",), False, "float32", "float32 weights and math"),
-        QuantMode("float16", "float16", ("float32",), False, "float16", "float16 weights, float32 math"),
-        QuantMode("dynamic", "dynamic", ("float32",), False, "dynamic-range int8",
-                  "int8 weights, float activations (dynamic-range quantization)"),
-        QuantMode("int8", "int8", ("uint8", "int8", "float32"), True, "full-integer int8",
-                  "int8 weights and activations, calibrated on training images"),
-    )
-}
-
-
-@dataclass
-class ExportOptions:
-    """What to export and how strictly to check it. ``None`` means "the mode's default"."""
-
-    quantize: str = "int8"
-    io: str | None = None  # input/output tensor type; int8 mode only (default uint8)
-    force: bool = False  # overwrite an existing export; export a model metrics.useless_reasons calls useless
-    max_drop: float = DEFAULT_MAX_DROP  # accuracy points the export may lose, in total and per subgroup
-    representative: int | None = None  # calibration images (int8 only; default 200)
-    keep_float: str | Sequence[str] | None = None  # "auto", "auto:K" or layer names (int8 only)
-    qat_epochs: int | None = None  # quantization-aware fine-tuning epochs (int8 only)
-    data: Sequence[str] = ()  # override the run's data location (first: data, rest: extra data)
-    hard_swish: str = "auto"  # auto | keras | relu6: how int8 graphs spell hard-swish
-    latency: bool = True  # time the exported model (1 thread) for the model card
-    name: str = "edgecxr"
-
-    @classmethod
-    def for_float32(cls, **kw) -> "ExportOptions":
-        return cls(quantize="none", **kw)
-
-    @classmethod
-    def for_float16(cls, **kw) -> "ExportOptions":
-        return cls(quantize="float16", **kw)
-
-    @classmethod
-    def for_dynamic(cls, **kw) -> "ExportOptions":
-        return cls(quantize="dynamic", **kw)
-
-    @classmethod
-    def for_int8(cls, io: str = "uint8", representative: int = DEFAULT_REPRESENTATIVE, **kw) -> "ExportOptions":
-        return cls(quantize="int8", io=io, representative=representative, **kw)
-
-    @property
-    def mode(self) -> QuantMode:
-        return MODES[self.quantize]
-
-    @property
-    def io_type(self) -> str:
-        return self.io or self.mode.io_types[0]
-
-    @property
-    def stem(self) -> str:
-        """``edgecxr_float32``, ``edgecxr_int8_uint8io``: precision and (for int8) the I/O type."""
-        io_part = f"_{self.io_type}io" if self.mode.calibrated else ""
-        return f"{self.name}_{self.mode.precision}{io_part}"
-
-    @property
-    def file_name(self) -> str:
-        return self.stem + ".tflite"
-
-    def validated(self) -> "ExportOptions":
-        """Check the combination; flags that do not apply to the mode are rejected by name."""
-        if self.quantize not in MODES:
-            raise EdgeCXRError(f"unknown --quantize {self.quantize!r}; choose one of {', '.join(MODES)}")
-        mode = self.mode
-        if self.io is not None and self.io not in mode.io_types:
-            if self.io in MODES["int8"].io_types:
-                raise EdgeCXRError(
-                    f"--io {self.io} applies only to --quantize int8 "
-                    f"(a {mode.name} model takes {mode.io_types[0]} input)"
-                )
-            raise EdgeCXRError(f"unknown --io {self.io!r}; choose uint8, int8 or float32")
-        if not mode.calibrated:
-            for flag, value in (("--representative", self.representative), ("--keep-float", self.keep_float),
-                                ("--qat", self.qat_epochs)):
-                if value:
-                    raise EdgeCXRError(f"{flag} applies only to --quantize int8, not {mode.name}")
-        if self.keep_float and self.qat_epochs:
-            raise EdgeCXRError("use --keep-float or --qat, not both: try one remedy at a time")
-        if self.representative is not None and self.representative < 1:
-            raise EdgeCXRError("--representative must be at least 1")
-        if self.qat_epochs is not None and self.qat_epochs < 0:
-            raise EdgeCXRError("--qat must be a positive number of epochs")
-        if self.hard_swish not in ("auto", "keras", "relu6"):
-            raise EdgeCXRError(f"hard_swish must be auto, keras or relu6, not {self.hard_swish!r}")
-        if not math.isfinite(self.max_drop):
-            raise EdgeCXRError("--max-drop must be a number of accuracy points")
-        data = (self.data,) if isinstance(self.data, (str, Path)) else tuple(self.data or ())
-        return replace(
-            self,
-            io=self.io_type,
-            representative=(self.representative or DEFAULT_REPRESENTATIVE) if mode.calibrated else None,
-            keep_float=_parse_keep_float(self.keep_float),
-            qat_epochs=self.qat_epochs or 0,
-            data=tuple(str(d) for d in data),
-        )
-
-
-def _parse_keep_float(value) -> tuple[str, ...] | None:
-    """``"auto"`` -> ("auto",), ``"auto:5"`` -> ("auto:5",), ``"a,b"`` -> ("a", "b")."""
-    if not value:
-        return None
-    items = [v.strip() for v in (value.split(",") if isinstance(value, str) else value) if v.strip()]
-    if not items:
-        return None
-    if items[0].lower().startswith("auto"):
-        _, _, k = items[0].partition(":")
-        if len(items) > 1 or (k and not k.isdigit()) or k == "0":
-            raise EdgeCXRError(f"--keep-float takes auto, auto:K (K >= 1) or layer names, not {value!r}")
-        return (f"auto:{int(k)}",) if k else ("auto",)
-    return tuple(items)
 
 
 # --- results -------------------------------------------------------------------------------------
@@ -257,7 +129,8 @@ class ExportResult:
 
 def export(run_dir: str | Path, quant: str | ExportOptions = "int8", *,
            log: Callable[[str], None] | None = None, **options) -> ExportResult:
-    """Export a run's best checkpoint as ``RUN_DIR/export/<name>.tflite``; return what was written.
+    """Export a run's best checkpoint as ``RUN_DIR/export/<stem>.tflite`` with ``<stem>.json`` and the
+    model card ``<stem>.md`` (``stem``: :attr:`ExportOptions.stem`); return what was written.
 
     ``quant`` is a mode name (``none``, ``float16``, ``dynamic``, ``int8``) with keyword options
     (see :class:`ExportOptions`), or an ExportOptions. Progress and the guard table go to ``log``
@@ -314,13 +187,18 @@ def export(run_dir: str | Path, quant: str | ExportOptions = "int8", *,
     _write_model(out_path, tflite, spec, fingerprint([r.file for r in guard_data.train_records()]))
     out_path.with_name(opts.stem + FAILED_SUFFIX + ".tflite").unlink(missing_ok=True)
     sidecar_path(out_path.with_name(opts.stem + FAILED_SUFFIX + ".tflite")).unlink(missing_ok=True)
-    card = out_path.parent / MODEL_CARD
+    card = card_path(out_path)
     size = out_path.stat().st_size
     atomic_write_text(card, render_model_card(spec, guard, cfg=cfg, model_file=out_path.name, size_bytes=size,
                                               latency_ms=latency, data_summary=guard_data.summary,
                                               notes=notes))
     return ExportResult(out_path, spec, guard, size, time.time() - t0, latency, sidecar_path(out_path), card,
                         run_dir, guard_data.data_args, "test" if "test" in guard_data.splits else "val", notes)
+
+
+def card_path(model_path: Path) -> Path:
+    """``<stem>.md`` beside ``<stem>.tflite``: one card per export, named like the file it describes."""
+    return Path(model_path).with_suffix(".md")
 
 
 def _useless_reasons(guard_data: GuardData, cfg) -> list[str]:

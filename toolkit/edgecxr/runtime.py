@@ -149,11 +149,20 @@ def expand_images(paths) -> tuple[list[str], list[tuple[str, str]]]:
 def check_tflite_file(path: Path) -> None:
     """Fail early, naming the file, when it is missing or not a TFLite flatbuffer at all."""
     if not path.is_file():
-        raise ModelFileError(f"model file not found: {path}")
+        raise ModelFileError(f"{path}: model file not found")
     with path.open("rb") as fh:
         head = fh.read(8)
     if len(head) < 8 or head[4:8] != TFLITE_IDENTIFIER:
         raise ModelFileError(f"{path}: not a TensorFlow Lite model (no TFL3 identifier)")
+
+
+def display_name(spec: ModelSpec, model_path: str | Path) -> str:
+    """What :attr:`Classifier.name` says, for callers that read only the spec (``bench``)."""
+    path = Path(model_path)
+    name = (spec.name or "").strip()
+    if not name:
+        return path.stem
+    return name if name == path.stem else f"{name} (file {path.name})"
 
 
 class Classifier:
@@ -191,6 +200,15 @@ class Classifier:
         self._input_table: np.ndarray | str | None = None  # to_input's uint8 -> input lookup, or "identity"
 
     # -- public API ---------------------------------------------------------------------------
+
+    @property
+    def name(self) -> str:
+        """The model's one name, as ``predict``, ``bench`` and the app show it: the spec's ``name``.
+
+        ``edgecxr export`` makes it the file stem, so normally the two are one. A file renamed
+        since (or a spec without a name) also shows the file name, so the name on screen always
+        leads back to the file."""
+        return display_name(self.spec, self.model_path)
 
     @property
     def class_names(self) -> list[str]:
@@ -319,7 +337,7 @@ class Classifier:
         weights = {"none": "float32", "dynamic": "int8 (dynamic-range)"}.get(self.spec.quantization,
                                                                           self.spec.quantization)
         return (
-            f"{self.model_path.name}: {weights} weights, {self.input_dtype} input, "
+            f"{self.name}: {weights} weights, {self.input_dtype} input, "
             f"{self.image_size} px, classes {', '.join(self.class_names)}; "
             f"{self.interpreter_name} {self.interpreter_version}, {xnn}, threads {threads}"
         )

@@ -18,7 +18,7 @@ from .converter import check_io_types, make_converter, quiet_converter, represen
 from .errors import EdgeCXRError
 
 if TYPE_CHECKING:
-    from .export import ExportOptions
+    from .export_options import ExportOptions
 
 # --keep-float auto keeps layers whose int8 error is at least AUTO_THRESHOLD quantization steps (the
 # cut-off the TensorFlow QuantizationDebugger guide uses), at most AUTO_KEEP_FLOAT and at least one.

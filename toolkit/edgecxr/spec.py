@@ -86,7 +86,7 @@ def read_spec(model_path: str | Path) -> ModelSpec:
     """
     model_path = Path(model_path)
     if not model_path.is_file():
-        raise ModelFileError(f"model file not found: {model_path}")
+        raise ModelFileError(f"{model_path}: model file not found")
     try:
         with zipfile.ZipFile(model_path) as zf:
             return ModelSpec.from_json(zf.read(SPEC_MEMBER).decode("utf-8"))
