@@ -410,7 +410,7 @@ def test_cli_refuses_a_useless_model_unless_forced(tmp_path, tiny_run):
     assert forced.exit_code == 0, forced.output
     assert "next:" not in forced.output
     assert "warning: this model looks useless: it never predicts normal" in forced.stderr
-    card = (run / "export" / "MODEL_CARD.md").read_text()
+    card = (run / "export" / "edgecxr_float32.md").read_text()
     assert "**Warning: this model looks useless: it never predicts normal, bacterial, viral" in card
     assert "next:" not in card
     spec = read_spec(run / "export" / "edgecxr_float32.tflite")
