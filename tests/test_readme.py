@@ -8,8 +8,9 @@ What the test changes, and nothing else:
   ``covid19/``, ``bacterial/``, ``viral/``), so ``"$DATA"`` and ``"$DATA"/covid19`` resolve;
 - ``--epochs N`` becomes ``--epochs 1 --image-size 32`` (a from-scratch MobileNetV3Small in seconds;
   a run started with ``--config`` inherits both from that config.json);
-- ``edgecxr export`` gets ``--max-drop 100``: a one-epoch network is close to uniform, so int8 may
-  flip top-1 answers, and the guard (tested in test_export.py) would rightly refuse it;
+- ``edgecxr export`` gets ``--max-drop 100 --force``: a one-epoch network is close to uniform, so int8
+  may flip top-1 answers and it may predict one class for everything; the guard and the useless-model
+  refusal (both tested in test_export.py) would rightly refuse it;
 - ``edgecxr bench`` gets ``--runs 5 --warmup 1`` (timing, not accuracy, is what it shortens).
 
 Each line must exit 0, and before it runs, every file or glob it names (its arguments with a ``/``
@@ -53,7 +54,7 @@ def adapt(line: str) -> str:
     line = re.sub(r"--epochs \d+", "--epochs 1 --image-size 32", line)
     words = shlex.split(line, comments=True)
     if words[:2] == ["edgecxr", "export"]:
-        line = line.replace("edgecxr export", "edgecxr export --max-drop 100", 1)
+        line = line.replace("edgecxr export", "edgecxr export --max-drop 100 --force", 1)
     if words[:2] == ["edgecxr", "bench"]:
         line = line.replace("edgecxr bench", "edgecxr bench --runs 5 --warmup 1", 1)
     return line
@@ -81,7 +82,7 @@ def test_tour_lines_are_found_and_adapted():
     assert lines[0].startswith("DATA=") and any(line.startswith("edgecxr export") for line in lines)
     assert all(line.startswith(("edgecxr ", "DATA=")) for line in lines), lines
     assert adapt("edgecxr train x --out runs/a --epochs 15").endswith("--epochs 1 --image-size 32")
-    assert adapt("edgecxr export runs/a --quantize int8") == "edgecxr export --max-drop 100 runs/a --quantize int8"
+    assert adapt("edgecxr export runs/a --quantize int8") == "edgecxr export --max-drop 100 --force runs/a --quantize int8"
     assert used_paths('edgecxr evaluate runs/a/m.tflite --data "$DATA" --out runs/x  # ./eval', {"DATA": "/d"}) == [
         "runs/a/m.tflite", "/d"]
 
