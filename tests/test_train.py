@@ -479,3 +479,18 @@ def test_two_stage_fine_tuning_freezes_then_trains_the_backbone(easy_data, tmp_p
     assert any(changed[-6:]) and not any(changed[:6])  # the top moved, the frozen bottom did not
     rows = history(run)
     assert len(rows) == 2 and all(float(r["val_worst_source"]) >= 0 for r in rows)
+
+
+def test_train_cli_stores_data_and_extra_data_as_absolute_paths(tmp_path, monkeypatch):
+    """A run trained with relative --extra-data must still find it when evaluated from elsewhere
+    (the card of the shipped model showed the main data absolute and the extra data relative)."""
+    (tmp_path / "main").mkdir()
+    (tmp_path / "extra").mkdir()
+    seen = {}
+    monkeypatch.setattr(train_mod, "train", lambda cfg, out, **kw: seen.update(cfg=cfg))
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(main, ["train", "main", "--extra-data", "extra", "--extra-data", "missing",
+                                       "--out", "run", "--weights", "none"])
+    assert result.exit_code == 0, result.output
+    assert seen["cfg"].data == str(tmp_path / "main")
+    assert list(seen["cfg"].extra_data) == [str(tmp_path / "extra"), "missing"]

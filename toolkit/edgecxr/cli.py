@@ -157,8 +157,14 @@ def train(data, out, config_file, weights, epochs, image_size, batch_size, seed,
             values[key] = json.loads(raw)
         except ValueError:
             values[key] = raw
+    # Absolute, so evaluate and export of the run work from any directory (extra data too).
+    def absolute(path: str) -> str:
+        return str(Path(path).resolve()) if Path(path).exists() else path
+
     if values.get("data"):
-        values["data"] = str(Path(values["data"]).resolve()) if Path(values["data"]).exists() else values["data"]
+        values["data"] = absolute(values["data"])
+    if values.get("extra_data"):
+        values["extra_data"] = [absolute(p) for p in values["extra_data"]]
     cfg = TrainConfig.from_dict(values, source="command line")
     from .train import train as run_training
 
