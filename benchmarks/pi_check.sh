@@ -742,4 +742,5 @@ main() {
     write_report
 }
 
-main "$@"
+# Sourced (benchmarks/pi_exec.sh reuses the functions above): define, do not run.
+if [[ ${BASH_SOURCE[0]} == "$0" ]]; then main "$@"; fi

@@ -438,6 +438,15 @@ def test_train_ends_with_a_warning_for_a_useless_model(tmp_path, tiny_run):
         assert ("next: edgecxr export" in summary) != useless
 
 
+def test_next_hint_names_a_quantization_that_works_for_the_network():
+    """int8 collapses on the standard network (hard-swish, squeeze-excite): its hint is float16."""
+    from edgecxr import train as train_mod
+    from edgecxr.config import TrainConfig
+
+    assert train_mod.suggested_quantization(TrainConfig(data="d", minimalistic=True)) == "int8"
+    assert train_mod.suggested_quantization(TrainConfig(data="d", minimalistic=False)) == "float16"
+
+
 def test_cli_rejects_flags_by_name(tmp_path):
     assert_one_line_error(cli(tmp_path, "--quantize", "float16", "--io", "uint8"), "--io uint8")
     assert_one_line_error(cli(tmp_path, "--quantize", "dynamic", "--representative", "10"), "--representative")

@@ -914,4 +914,11 @@ def finish(run_dir: Path, cfg: TrainConfig, val: SplitArrays, keras, train_image
     if reasons:  # no "next: export" for a model that predicts one class for everything
         return (f"{done}\nwarning: {metrics_mod.useless_warning(reasons)}; edgecxr export refuses it without "
                 "--force (train longer, check the data with edgecxr data check, or change the recipe)")
-    return f"{done} | next: edgecxr export {run_dir} --quantize int8"
+    return f"{done} | next: edgecxr export {run_dir} --quantize {suggested_quantization(cfg)}"
+
+
+def suggested_quantization(cfg: TrainConfig) -> str:
+    """What to export a run as first: int8 for the minimalistic network, float16 for the standard one,
+    whose full-integer int8 collapses (hard-swish and squeeze-excite: 47-53% validation accuracy in
+    benchmarks/TRANSFER.md) and is not faster on the CPUs measured there."""
+    return "int8" if cfg.minimalistic else "float16"
