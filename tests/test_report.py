@@ -117,6 +117,17 @@ def test_plot_tradeoff_skips_failed_rows(tmp_path):
     assert not (tmp_path / "none.png").exists()
 
 
+def test_plot_tradeoff_draws_thread_counts_and_intervals(tmp_path):
+    """What `edgecxr bench --threads 1,2 --plot` passes: a model's rows at two thread counts share its
+    accuracy and its Wilson interval (a model without one is drawn without a bar)."""
+    rows = [{"model": m, "threads": t, "p50_ms": ms / t, "accuracy": acc, "accuracy_ci": ci}
+            for m, ms, acc, ci in (("a160", 0.46, 0.79, [0.76, 0.82]), ("a128", 0.30, 0.73, [0.70, 0.76]))
+            for t in (1, 2)]
+    rows.append({"model": "no-ci", "threads": 1, "p50_ms": 0.9, "accuracy": 0.5, "accuracy_ci": None})
+    path = plot_tradeoff(rows, tmp_path / "threads.png")
+    assert_real_png(path)
+
+
 def test_report_has_the_called_covid_table_and_worst_source():
     from edgecxr.metrics import evaluate_predictions
     from edgecxr.report import render_markdown

@@ -384,7 +384,8 @@ def bench(models, data, extra_data, split, splits_file, threads, runs, warmup, l
     if plot:
         from .report import plot_tradeoff
 
-        points = [{**row.flat(), "model": f"{row.name} ({row.threads or 'default'} thr)"} for row in report.rows]
+        ci = {row.name: row.metrics["accuracy"].get("ci") for row in report.rows if row.metrics}
+        points = [{**row.flat(), "model": row.name, "accuracy_ci": ci.get(row.name)} for row in report.rows]
         written = plot_tradeoff(points, plot)
         click.echo(f"wrote {written}" if written else
                    "no plot: it needs --data (for accuracy), an ok row and matplotlib", err=True)

@@ -81,29 +81,51 @@ def plot_history(history_csv: str | Path, out_dir: str | Path) -> dict[str, Path
 
 
 def plot_tradeoff(rows: list[dict], out_path: str | Path) -> Path | None:
-    """Latency-vs-accuracy scatter, one labelled point per model (benchmark rows).
+    """Latency-vs-accuracy scatter of benchmark rows: one marker per thread count, one label per model.
 
-    Rows lacking a number (a failed format) are left out. Returns None when nothing was drawn:
-    matplotlib missing or no row with both p50_ms and accuracy.
+    A row may carry ``threads`` (rows of one model at several thread counts share its accuracy, so
+    the model is named once, at its first point) and ``accuracy_ci`` ``[lo, hi]``, drawn as an
+    error bar: two models whose bars overlap are not told apart by this data set. Rows lacking a
+    number (a failed format) are left out. Returns None when nothing was drawn: matplotlib missing
+    or no row with both p50_ms and accuracy.
     """
-    points = [(str(r.get("model")), float(r["p50_ms"]), float(r["accuracy"])) for r in rows
-              if _finite(r.get("p50_ms")) and _finite(r.get("accuracy"))]
+    points = [r for r in rows if _finite(r.get("p50_ms")) and _finite(r.get("accuracy"))]
     mpl = _matplotlib()
     if mpl is None or not points:
         return None
     fig = mpl.Figure(figsize=(6.4, 4.4), dpi=PLOT_DPI)
     mpl.FigureCanvasAgg(fig)
     ax = fig.add_subplot()
-    _, xs, ys = zip(*points)
-    ax.scatter(xs, ys, s=40, color="tab:blue", zorder=3)
-    for name, x, y in points:
-        ax.annotate(name, (x, y), textcoords="offset points", xytext=(5, 5), fontsize=8)
+    groups: dict = {}
+    for r in points:
+        groups.setdefault(r.get("threads"), []).append(r)
+    markers = "osD^vP*X"
+    for i, (threads, group) in enumerate(groups.items()):
+        xs = [float(r["p50_ms"]) for r in group]
+        ys = [float(r["accuracy"]) for r in group]
+        ci = [r.get("accuracy_ci") for r in group]
+        yerr = None
+        if all(c and _finite(c[0]) and _finite(c[1]) for c in ci):
+            yerr = [[y - c[0] for y, c in zip(ys, ci)], [c[1] - y for y, c in zip(ys, ci)]]
+        label = None if threads is None else f"{threads} thread{'s' if threads != 1 else ''}"
+        ax.errorbar(xs, ys, yerr=yerr, fmt=markers[i % len(markers)], ms=6, capsize=3, label=label, zorder=3)
+    named = set()
+    for r in points:
+        name = str(r.get("model"))
+        if name in named:
+            continue
+        named.add(name)
+        ax.annotate(name, (float(r["p50_ms"]), float(r["accuracy"])), textcoords="offset points",
+                    xytext=(6, 6), fontsize=8)
+    xs = [float(r["p50_ms"]) for r in points]
     # Latencies of float and int8 models on a Pi span more than a decade; a log axis keeps both.
     if min(xs) > 0 and max(xs) / min(xs) > 20:
         ax.set_xscale("log")
     ax.margins(0.2)  # room for the model names
+    if any(t is not None for t in groups):
+        ax.legend(fontsize=8, loc="best")
     ax.set_xlabel("median latency per image, p50 (ms)")
-    ax.set_ylabel("accuracy")
+    ax.set_ylabel("accuracy (95% interval)" if any(r.get("accuracy_ci") for r in points) else "accuracy")
     ax.set_title("accuracy vs latency (up and left is better)")
     ax.grid(True, alpha=0.3)
     fig.tight_layout()
