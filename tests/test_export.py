@@ -276,6 +276,7 @@ def test_failed_guard_keeps_the_file_under_a_failed_name_and_names_remedies(expo
     # a passing export of the same model replaces the failed leftovers
     ok = export(run, "int8", io="float32", **QUIET)
     assert ok.path == real and real.is_file() and not failed.exists()
+    assert ok.guard.model == real.stem == ok.spec.name  # the guard's table names the export by its one name
     assert not sidecar_path(failed).exists()
 
 

@@ -168,7 +168,7 @@ def export(run_dir: str | Path, quant: str | ExportOptions = "int8", *,
     candidate = atomic_temp_path(out_path)
     try:
         candidate.write_bytes(embed_spec(tflite, spec))
-        guard = run_guard(candidate, guard_data, name=opts.file_name, max_drop=opts.max_drop,
+        guard = run_guard(candidate, guard_data, name=opts.stem, max_drop=opts.max_drop,
                           keras_size_bytes=4 * int(model.count_params()))
         latency = quick_latency(candidate, guard_data.val_images[:1]) if opts.latency else None
     finally:
