@@ -117,11 +117,18 @@ def test_export_names_for_each_variant():
         (ExportOptions(quantize="int8", keep_float="auto:2"), "edgecxr_int8_uint8io_keepfloat"),
         (ExportOptions(quantize="int8", io="int8", keep_float="conv_1"), "edgecxr_int8_int8io_keepfloat"),
         (ExportOptions.for_float16(name="chest-v2.1"), "chest-v2.1_float16"),
+        # an explicit hard-swish spelling other than the mode's default is another graph, another file
+        (ExportOptions(quantize="int8", hard_swish="keras"), "edgecxr_int8_uint8io_kerashswish"),
+        (ExportOptions(quantize="dynamic", hard_swish="relu6"), "edgecxr_dynamic_relu6hswish"),
     ]
     for opts, stem in cases:
         assert opts.stem == stem and opts.validated().stem == stem
         assert opts.validated().file_name == stem + ".tflite"
     assert len({stem for _, stem in cases}) == len(cases) - 1  # for_int8() is the int8 default
+    # the default spelling, named explicitly, is the default file; float exports ignore the option
+    assert ExportOptions(quantize="int8", hard_swish="relu6").stem == "edgecxr_int8_uint8io"
+    assert ExportOptions(quantize="dynamic", hard_swish="keras").stem == "edgecxr_dynamic"
+    assert ExportOptions.for_float16(hard_swish="relu6").stem == "edgecxr_float16"
     for bad in ("", "a b", "../x", "x/y", "-x"):
         with pytest.raises(EdgeCXRError, match="--name"):
             ExportOptions(name=bad).validated()

@@ -318,9 +318,7 @@ def _graph_for_conversion(model, run_dir: Path, cfg, opts: ExportOptions, notes:
     so XNNPACK runs it (:func:`delegate_friendly_hard_swish`). Checked against the run's model."""
     if opts.quantize in ("none", "float16"):
         return model
-    wanted = opts.hard_swish
-    if wanted == "auto":
-        wanted = "relu6" if opts.quantize == "int8" else "keras"
+    wanted = opts.hard_swish_resolved
     source = model
     if wanted == "relu6" and not cfg.minimalistic:
         source, _ = load_model(run_dir, rewrite_hard_swish=True)

@@ -105,11 +105,28 @@ class ExportOptions:
           quantization-aware fine-tuning (``--qat``). The two are never combined (validated()).
 
         So ``edgecxr_float16``, ``edgecxr_int8_uint8io``, ``edgecxr_int8_uint8io_qat``: every
-        variant its own file, and one export never overwrites another kind.
+        variant its own file, and one export never overwrites another kind. An explicit
+        ``hard_swish`` other than the mode's default (API only) adds ``_<spelling>hswish``.
         """
         io_part = f"_{self.io_type}io" if self.mode.calibrated else ""
         variant = "_keepfloat" if self.keep_float else "_qat" if self.qat_epochs else ""
-        return f"{self.name}_{self.mode.precision}{io_part}{variant}"
+        # A hard-swish spelling other than the mode's own default is another graph: its own file.
+        hswish = f"_{self.hard_swish}hswish" if self.hard_swish_resolved != self._hard_swish_default else ""
+        return f"{self.name}_{self.mode.precision}{io_part}{variant}{hswish}"
+
+    @property
+    def _hard_swish_default(self) -> str | None:
+        """What ``hard_swish="auto"`` means for this mode (None: float modes convert the model as is)."""
+        if self.quantize in ("none", "float16"):
+            return None
+        return "relu6" if self.quantize == "int8" else "keras"
+
+    @property
+    def hard_swish_resolved(self) -> str | None:
+        """The hard-swish spelling this export converts (None for float exports, which ignore it)."""
+        if self._hard_swish_default is None:
+            return None
+        return self._hard_swish_default if self.hard_swish == "auto" else self.hard_swish
 
     @property
     def file_name(self) -> str:
