@@ -50,7 +50,7 @@ sys.path.insert(0, str(REPO / "toolkit"))
 sys.path.insert(0, str(REPO / "benchmarks"))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from int8_speed import _version, time_interleaved  # noqa: E402  (one timing method for every benchmark)
+from int8_speed import _version, make_interpreter, time_interleaved  # noqa: E402  (one timing method for every benchmark)
 
 BAR = 0.85  # the issue: fine-tune for sparsity only if the pruned file takes <= 85% of the dense one's time
 
@@ -175,11 +175,12 @@ def explicit_same_padding(flat: bytes) -> bytes:
             model.buffers.append(buffer)
             pads = fb.TensorT()
             pads.shape, pads.type, pads.buffer = [4, 2], fb.TensorType.INT32, len(model.buffers) - 1
-            pads.name = source.name + b"/explicit_pad/paddings" if isinstance(source.name, bytes) else "paddings"
+            base = source.name if isinstance(source.name, bytes) else str(source.name).encode()
+            pads.name = base + b"/explicit_pad/paddings"
             padded = fb.TensorT()
             n, h, w, c = (int(v) for v in source.shape)
             padded.shape, padded.type, padded.buffer = [n, h + 2 * p, w + 2 * p, c], source.type, 0
-            padded.name = pads.name.replace(b"/paddings", b"") if isinstance(pads.name, bytes) else "padded"
+            padded.name = base + b"/explicit_pad"
             graph.tensors += [pads, padded]
             pad = fb.OperatorT()
             pad.opcodeIndex = pad_index
@@ -305,17 +306,9 @@ def prunable(model) -> list:
     """The backbone's 1x1 Conv2D layers on a spatial map (squeeze-excite 1x1s act on a 1x1 map: skipped)."""
     import tf_keras as keras
 
-    out = []
-    stack = list(model.layers)
-    while stack:
-        layer = stack.pop(0)
-        if isinstance(layer, keras.Model):
-            stack = list(layer.layers) + stack
-            continue
-        if (type(layer) is keras.layers.Conv2D and tuple(layer.kernel_size) == (1, 1)
-                and "squeeze_excite" not in layer.name):
-            out.append(layer)
-    return out
+    return [layer for layer in _all_layers(model)
+            if type(layer) is keras.layers.Conv2D and tuple(layer.kernel_size) == (1, 1)
+            and "squeeze_excite" not in layer.name]
 
 
 def prune(layers, original: list[np.ndarray], sparsity: float) -> float:
@@ -391,16 +384,12 @@ json.dump(out, open("result.json", "w"))
 """
 
 
-def reference_outputs(files: dict[str, Path], size: int) -> dict[str, np.ndarray]:
-    """x86 probabilities for the emulated run's fixed input (the same numpy generator and seed)."""
-    from ai_edge_litert.interpreter import Interpreter
-
-    x = np.random.default_rng(0).uniform(0, 255, (1, size, size, 3)).astype(np.float32)
+def reference_outputs(files: dict[str, Path]) -> dict[str, np.ndarray]:
+    """x86 probabilities for the emulated run's fixed input (int8_speed.make_interpreter sets the same
+    input: numpy's default_rng(0), uniform 0..255)."""
     out = {}
     for key, path in files.items():
-        it = Interpreter(model_path=str(path), num_threads=1)
-        it.allocate_tensors()
-        it.set_tensor(it.get_input_details()[0]["index"], x)
+        it = make_interpreter(path, threads=1)
         it.invoke()
         out[key] = it.get_tensor(it.get_output_details()[0]["index"]).ravel()
     return out
@@ -604,7 +593,7 @@ def main() -> int:
                      f"{'; '.join(f'`{n}` {v:.1f}' for n, v in top)} |")
     lines.append("")
     if emulated:
-        ref = reference_outputs(files, cfg.image_size)
+        ref = reference_outputs(files)
         lines += ["## Emulated arm64 (qemu-user in pi_check.sh's root, 1 thread)", "",
                   f"{args.emulated_rounds} interleaved rounds x {args.emulated_calls} invokes. qemu translates every "
                   "instruction: the milliseconds are not a Pi's, but the files run the same emulator side by side, so "
